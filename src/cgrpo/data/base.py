@@ -1,0 +1,76 @@
+"""The example type every dataset yields, and the dataset registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from cgrpo.registry import Registry
+
+
+@dataclass
+class Example:
+    """One training/eval item.
+
+    Attributes:
+        prompt: the text prompt (non-empty).
+        references: ``[R, 3, h, w]`` float in [0, 1], R >= 1 reference images.
+        reference_masks: ``[R, 1, h, w]`` float in {0, 1} (1 = subject), or None.
+        metadata: ground truth or bookkeeping a reward or report may use.
+        key: a stable identifier (used in logs, reports and error messages).
+    """
+
+    prompt: str
+    references: torch.Tensor
+    reference_masks: torch.Tensor | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+
+
+class ExampleDataset(Protocol):
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Example: ...
+
+
+DATASETS: Registry[Any] = Registry("dataset")
+"""Dataset factories by name: ``factory(options: dict, split: str) -> ExampleDataset``."""
+
+
+def build_dataset(name: str, options: dict[str, Any] | None = None, split: str = "train"):
+    import cgrpo.data  # noqa: F401  (registers the built-in datasets)
+
+    return DATASETS.get(name)(dict(options or {}), split)
+
+
+def image_to_tensor(image: Any) -> torch.Tensor:
+    """A PIL image or ``[H, W, 3]`` uint8 array -> ``[3, H, W]`` float32 in [0, 1] (RGB)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected an RGB image array [H, W, 3], got shape {arr.shape}")
+    arr = arr[..., :3]
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+
+
+def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
+    """Read an image file of any mode as ``[3, H, W]`` float RGB; clear error naming the path."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return image_to_tensor(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{what} {path} is not a readable image: {e}") from None
