@@ -1,0 +1,271 @@
+"""Group-relative advantages and the strategies that merge several rewards into one.
+
+Shapes used throughout: ``B`` samples, ``K`` reward columns, groups of ``group_size``
+consecutive rows sharing a prompt/reference (so ``B = n_groups * group_size``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from ._checks import check_finite_float, check_positive_int, unknown_name
+
+__all__ = [
+    "ADVANTAGE_STRATEGIES",
+    "AdvantageCombiner",
+    "combine_advantages",
+    "group_normalize",
+]
+
+#: Added to the group standard deviation, as in the guide, so tiny spreads stay finite.
+STD_EPS = 1e-8
+#: Added to ``A_j + A_l`` in the harmonic combiner (the paper's constant).
+HARMONIC_EPS = 1e-6
+
+
+def _float_dtype(t: Tensor) -> torch.dtype:
+    # Reduced-precision inputs (bf16 rewards from a model) are upcast; float64 is kept.
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _check_groups(batch: int, group_size: int) -> int:
+    check_positive_int("group_size", group_size, minimum=2)
+    if batch % group_size != 0:
+        raise ValueError(
+            f"batch size {batch} is not divisible by group_size {group_size}; "
+            "every group must be complete and contiguous"
+        )
+    return batch // group_size
+
+
+def _zscore_groups(values: Tensor, group_size: int) -> Tensor:
+    """z-score each column of ``values`` [B, K] within contiguous groups; no input checks."""
+    batch, k = values.shape
+    grouped = values.reshape(batch // group_size, group_size, k)
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, unbiased=True, keepdim=True)
+    z = (grouped - mean) / (std + STD_EPS)
+    # Decide "no variance" by max == min rather than std == 0: the mean of identical floats
+    # can differ from them in the last bit, which would leave ~1e-9 instead of an exact 0.
+    flat = (grouped.amax(dim=1, keepdim=True) - grouped.amin(dim=1, keepdim=True)) == 0
+    z = torch.where(flat, torch.zeros_like(z), z)
+    return z.reshape(batch, k)
+
+
+def group_normalize(
+    rewards: Tensor,
+    group_size: int,
+    column_names: Sequence[str] | None = None,
+) -> Tensor:
+    """Per-reward group-relative advantages (z-scores within each group).
+
+    For every column ``k`` and group ``G``: ``A_k = (r_k - mean_G(r_k)) / (std_G(r_k) + 1e-8)``
+    with the unbiased standard deviation. A group whose values in a column are all equal
+    gets exactly ``0`` in that column (never NaN, never a rounding residue).
+
+    Args:
+        rewards: ``[B, K]`` rewards, ``B = n_groups * group_size``, groups contiguous
+            (rows ``g*group_size ... (g+1)*group_size - 1`` form group ``g``).
+        group_size: samples per group, ``>= 2`` (an unbiased std needs two samples).
+        column_names: optional ``K`` names, used only to make error messages readable.
+
+    Returns:
+        ``[B, K]`` advantages, float32 (float64 if ``rewards`` is float64).
+
+    Raises:
+        ValueError: wrong rank, ``group_size < 2``, ``B`` not divisible by ``group_size``,
+            ``len(column_names) != K``, or a NaN/inf reward (the message names the column,
+            by name when given, and the first offending row).
+    """
+    if not isinstance(rewards, Tensor) or rewards.ndim != 2:
+        shape = tuple(rewards.shape) if isinstance(rewards, Tensor) else type(rewards).__name__
+        raise ValueError(f"rewards must be a [B, K] tensor, got {shape}")
+    batch, k = rewards.shape
+    if column_names is not None and len(column_names) != k:
+        raise ValueError(f"column_names has {len(column_names)} names for K={k} reward columns")
+    _check_groups(batch, group_size)
+    values = rewards.to(_float_dtype(rewards))
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        row, col = (int(i) for i in bad.nonzero()[0])
+        label = f"{column_names[col]!r} (index {col})" if column_names else f"index {col}"
+        count = int(bad[:, col].sum())
+        raise ValueError(
+            f"reward column {label} has a non-finite value {float(values[row, col])} "
+            f"at row {row} ({count} non-finite value(s) in that column)"
+        )
+    return _zscore_groups(values, group_size)
+
+
+class AdvantageCombiner(Protocol):
+    """Signature of a registered strategy.
+
+    ``adv`` is ``[B, K]``, ``weights`` is ``[B, K]`` (already broadcast and validated),
+    ``gamma`` is the interaction strength, ``group_size`` is ``None`` unless the caller
+    passed it. Returns ``[B]``.
+    """
+
+    def __call__(
+        self, adv: Tensor, weights: Tensor, gamma: float, group_size: int | None
+    ) -> Tensor: ...
+
+
+def _pairs(adv: Tensor, strategy: str) -> tuple[Tensor, Tensor]:
+    k = adv.shape[1]
+    if k < 2:
+        raise ValueError(
+            f"strategy {strategy!r} combines pairs of rewards and needs K >= 2, got K={k}"
+        )
+    i, j = torch.triu_indices(k, k, offset=1, device=adv.device)
+    return adv[:, i], adv[:, j]
+
+
+def _linear(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
+    """``sum_k w_k A_k`` (naive multi-reward GRPO); ``gamma`` unused."""
+    return (weights * adv).sum(dim=1)
+
+
+def _sars(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
+    """Synergy-Aware Reward Shaping: ``sum_k w_k A_k + S``.
+
+    ``S`` averages a synergy term over the ``P = K(K-1)/2`` unordered pairs ``(j, l)``:
+    ``S = (gamma / P) * sum_{j<l} sign_jl * tanh(A_j * A_l)`` with ``sign_jl = +1`` if
+    ``A_j > 0 or A_l > 0`` else ``-1``. For ``K = 2`` (one pair) this is exactly the paper's
+    rule: both good -> bonus, mixed -> penalty (product < 0), both bad -> penalty (sign
+    flipped). Averaging (not summing) keeps the bonus within ``[-gamma, gamma]`` for any K.
+    """
+    a, b = _pairs(adv, "sars")
+    sign = torch.where((a > 0) | (b > 0), 1.0, -1.0).to(adv.dtype)
+    synergy = (sign * torch.tanh(a * b)).mean(dim=1)
+    return _linear(adv, weights, gamma, group_size) + gamma * synergy
+
+
+def _harmonic(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
+    """``sum_k w_k A_k + (gamma / P) * sum_{j<l} A_j A_l / (A_j + A_l + 1e-6)``.
+
+    For ``K = 2`` this is the paper's ``w.A + g*A1*A2/(A1+A2+1e-6)``; for ``K > 2`` the
+    pair term is averaged over all ``P = K(K-1)/2`` pairs. Faithful to the paper, the term
+    is unbounded when ``A_j + A_l`` is close to ``-1e-6``.
+    """
+    a, b = _pairs(adv, "harmonic")
+    interaction = (a * b / (a + b + HARMONIC_EPS)).mean(dim=1)
+    return _linear(adv, weights, gamma, group_size) + gamma * interaction
+
+
+def _min(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
+    """``min_k A_k``: a sample counts as good only if it is good on every reward.
+
+    Weights and ``gamma`` are ignored (scaling before a min would change which reward wins).
+    """
+    return adv.amin(dim=1)
+
+
+def _max(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
+    """``max_k A_k``: weights and ``gamma`` are ignored, as for ``"min"``."""
+    return adv.amax(dim=1)
+
+
+def _product(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
+    """Weighted product of softplus terms, re-normalised within each group.
+
+    ``p = prod_k softplus(A_k) ** w_k`` (a weighted geometric combination: with unit
+    weights it is the plain product). ``p`` is always positive, so on its own it would push
+    every sample up; it is therefore z-scored again within each group of ``group_size``
+    rows, with the same zero-variance rule as :func:`group_normalize` (a group of equal
+    products gives exactly 0). Requires ``group_size``.
+
+    The product is formed in log space in float64, with softplus floored at ``1e-30`` and the
+    log clamped to ``[-300, 300]``, so finite advantages never produce inf or NaN.
+    """
+    if group_size is None:
+        raise ValueError(
+            "strategy 'product' re-normalises within groups and needs group_size; "
+            "pass combine_advantages(..., group_size=G)"
+        )
+    _check_groups(adv.shape[0], group_size)
+    soft = torch.nn.functional.softplus(adv.double()).clamp_min(1e-30)
+    log_p = (weights.double() * soft.log()).sum(dim=1).clamp(-300.0, 300.0)
+    z = _zscore_groups(log_p.exp().unsqueeze(1), group_size)
+    return z.squeeze(1).to(adv.dtype)
+
+
+#: Strategy name -> combiner. Lookups go through :func:`combine_advantages`, which
+#: raises ``ValueError`` listing these names for anything else.
+ADVANTAGE_STRATEGIES: dict[str, AdvantageCombiner] = {
+    "linear": _linear,
+    "sars": _sars,
+    "harmonic": _harmonic,
+    "min": _min,
+    "max": _max,
+    "product": _product,
+}
+
+
+def _as_weights(weights: Tensor | Sequence[float], batch: int, k: int, like: Tensor) -> Tensor:
+    w = torch.as_tensor(weights, dtype=like.dtype, device=like.device)
+    if w.ndim == 1 and w.shape[0] == k:
+        w = w.unsqueeze(0).expand(batch, k)
+    elif w.shape != (batch, k):
+        raise ValueError(
+            f"weights must have K={k} entries (shape [{k}]) or shape [{batch}, {k}], "
+            f"got shape {list(w.shape)}"
+        )
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weights must be finite")
+    return w
+
+
+def combine_advantages(
+    adv: Tensor,
+    weights: Tensor | Sequence[float],
+    strategy: str,
+    gamma: float = 0.4,
+    group_size: int | None = None,
+) -> Tensor:
+    """Merge per-reward advantages into one scalar advantage per sample.
+
+    Strategies (see each combiner's docstring in this module for the K > 2 definitions):
+
+    * ``"linear"``: ``sum_k w_k A_k``.
+    * ``"sars"``: linear plus ``gamma`` times the mean over reward pairs of
+      ``+-tanh(A_j A_l)`` (``+`` if either is positive, else ``-``); K = 2 is the paper's SARS.
+    * ``"harmonic"``: linear plus ``gamma`` times the mean over pairs of
+      ``A_j A_l / (A_j + A_l + 1e-6)``.
+    * ``"min"`` / ``"max"``: elementwise min/max over ``k`` of ``A_k``; weights ignored.
+    * ``"product"``: ``prod_k softplus(A_k)**w_k`` re-normalised within groups
+      (needs ``group_size``).
+
+    Args:
+        adv: ``[B, K]`` per-reward advantages (normally from :func:`group_normalize`).
+        weights: ``K`` weights (sequence or ``[K]`` tensor) shared by all samples, or a
+            ``[B, K]`` tensor of per-sample weights (e.g. TDW at each sample's timestep).
+        strategy: a key of :data:`ADVANTAGE_STRATEGIES`.
+        gamma: interaction strength for ``"sars"`` and ``"harmonic"`` (paper: 0.4).
+        group_size: rows per group; required by ``"product"``, ignored by the others.
+
+    Returns:
+        ``[B]`` combined advantages, float32 (float64 for float64 input).
+
+    Raises:
+        ValueError: unknown strategy (lists the choices), wrong weight shape (names the
+            expected K), non-finite advantages/weights/gamma, or a strategy-specific
+            requirement (K >= 2 for pairwise ones, ``group_size`` for ``"product"``).
+    """
+    try:
+        combiner = ADVANTAGE_STRATEGIES[strategy]
+    except (KeyError, TypeError):
+        raise unknown_name("advantage strategy", strategy, ADVANTAGE_STRATEGIES) from None
+    if not isinstance(adv, Tensor) or adv.ndim != 2:
+        shape = tuple(adv.shape) if isinstance(adv, Tensor) else type(adv).__name__
+        raise ValueError(f"adv must be a [B, K] tensor, got {shape}")
+    gamma = check_finite_float("gamma", gamma)
+    values = adv.to(_float_dtype(adv))
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("advantages contain NaN or inf")
+    batch, k = values.shape
+    w = _as_weights(weights, batch, k, values)
+    return combiner(values, w, gamma, group_size)
