@@ -1,0 +1,251 @@
+"""The training configuration: one documented dataclass tree, loaded from YAML.
+
+``cgrpo train --config configs/toy.yaml train.steps=50 sampling.group_size=12`` loads the
+preset, applies dotted overrides (values parsed as YAML), checks every field, and saves
+the resolved config into the run directory. Backend, dataset and reward ``options`` are
+checked by the component they belong to, with keys named in full
+(``model.options.path``, ``rewards.hpsv3.options.path``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cgrpo.config.schema import ConfigError, option, parse, to_dict
+
+ADVANTAGE_STRATEGIES = ("sars", "linear", "harmonic", "min", "max", "product")
+WEIGHT_SCHEDULES = ("tdw", "fixed", "linear")
+REWARD_ROLES = ("prompt", "identity", "monitor")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = option(16, "LoRA rank", min=1)
+    alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)", min=0, min_exclusive=True)
+    dropout: float = option(0.0, "LoRA dropout probability", min=0.0, max=0.99)
+    targets: list[str] | None = option(None, "module names that get LoRA; null = backend default")
+
+
+@dataclass
+class ModelConfig:
+    backend: str = option("pocket", "generator backend: pocket (built-in) or flux")
+    options: dict[str, Any] = option(default_factory=dict, help="backend options (see README)")
+    lora: LoraConfig = option(default_factory=LoraConfig, help="trainable LoRA adapter")
+
+
+@dataclass
+class DataConfig:
+    name: str = option("toyworld", "dataset: toyworld, syncd or jsonl")
+    options: dict[str, Any] = option(default_factory=dict, help="dataset options (see README)")
+
+
+@dataclass
+class RewardSpec:
+    name: str = option(help="registered reward name (toy-id, toy-prompt, dino-seg, hpsv3, ...)")
+    role: str = option("monitor", "prompt, identity (trained on) or monitor (logged only)",
+                       choices=REWARD_ROLES)
+    weight: float = option(1.0, "share of its role's weight among rewards of the same role",
+                           min=0.0, min_exclusive=True)
+    column: str | None = option(None, "score column to use when the reward returns several")
+    options: dict[str, Any] = option(default_factory=dict, help="reward options (see README)")
+
+
+@dataclass
+class SamplingConfig:
+    num_steps: int = option(10, "denoising steps N of the sampler", min=2)
+    shift: float = option(3.0, "static schedule shift k (paper: 3)", min=0.0, min_exclusive=True)
+    dynamic_shift: bool = option(False, "use FLUX's resolution-dependent shift instead of `shift`")
+    noise_level: float = option(0.7, "SDE noise level (eta for dance, a for flow)", min=0.0)
+    sde_kind: str = option("dance", "SDE noise form", choices=("dance", "flow"))
+    group_size: int = option(8, "G: samples per (prompt, reference) group", min=2)
+    groups_per_step: int = option(4, "groups sampled per training step (per process)", min=1)
+    chunk_size: int = option(0, "max images per sampler forward (0 = all at once)", min=0)
+    same_noise: bool = option(True, "all samples of a group start from the same noise")
+
+
+@dataclass
+class AdvantageConfig:
+    strategy: str = option("sars", "how per-reward advantages combine",
+                           choices=ADVANTAGE_STRATEGIES)
+    gamma: float = option(0.4, "interaction strength for sars / harmonic", min=0.0)
+    schedule: str = option("tdw", "reward-weight schedule over denoising steps",
+                           choices=WEIGHT_SCHEDULES)
+    fixed_prompt_weight: float = option(0.5, "w_prompt for schedule=fixed", min=0.0, max=1.0)
+    linear_start: float = option(0.7, "w_prompt at step 0 for schedule=linear", min=0.0, max=1.0)
+    linear_end: float = option(0.5, "w_prompt at the last step for schedule=linear",
+                               min=0.0, max=1.0)
+
+
+@dataclass
+class OptimConfig:
+    steps: int = option(20, "training steps (one rollout + update each)", min=1)
+    lr: float = option(1e-4, "AdamW learning rate", min=0.0, min_exclusive=True)
+    weight_decay: float = option(1e-4, "AdamW weight decay", min=0.0)
+    betas: tuple[float, float] = option((0.9, 0.999), "AdamW betas")
+    warmup_steps: int = option(0, "linear LR warm-up steps", min=0)
+    grad_clip: float = option(1.0, "max gradient norm (0 = off)", min=0.0)
+    updates_per_step: int = option(1, "optimizer steps per rollout (mini-batches)", min=1)
+    micro_batch: int = option(16, "(sample, timestep) pairs per forward/backward; "
+                              "gradients accumulate over micro-batches", min=1)
+    timestep_selection: str = option("random", "which steps are trained",
+                                     choices=("random", "window"))
+    timestep_fraction: float = option(0.6, "share of the first N-1 steps trained (random)",
+                                      min=0.0, max=1.0, min_exclusive=True)
+    window_size: int = option(4, "steps in the MixGRPO window (window)", min=1)
+    window_stride: int = option(1, "steps the window moves per shift (window)", min=0)
+    window_shift_interval: int = option(5, "training steps between window moves", min=1)
+    clip_range: float = option(1e-4, "PPO ratio clip epsilon", min=0.0, min_exclusive=True)
+    adv_clip: float = option(5.0, "advantage clip", min=0.0, min_exclusive=True)
+    kl_coef: float = option(0.0, "weight of the KL to the frozen base (0 = off)", min=0.0)
+    mixed_precision: str = option("no", "accelerate mixed precision", choices=("no", "bf16", "fp16"))
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = option(1, "write metrics every N steps", min=1)
+    sample_every: int = option(5, "save a sample grid every N steps (0 = never)", min=0)
+    checkpoint_every: int = option(10, "checkpoint every N steps (0 = only at the end)", min=0)
+    keep_checkpoints: int = option(2, "checkpoints kept on disk (older ones are removed)", min=1)
+    tensorboard: bool = option(True, "write TensorBoard event files")
+    progress: bool = option(True, "show a progress bar")
+
+
+@dataclass
+class EvalConfig:
+    before_after: bool = option(True, "score held-out prompts before and after training")
+    data: DataConfig = option(default_factory=lambda: DataConfig("toyworld", {}),
+                              help="held-out data (loaded with split 'heldout')")
+    num_items: int = option(48, "held-out (prompt, reference) items scored", min=1)
+    num_steps: int = option(10, "deterministic sampler steps for evaluation", min=2)
+    seed: int = option(1234, "seed of the evaluation noise")
+
+
+@dataclass
+class Config:
+    seed: int = option(0, "global seed; every random draw derives from (seed, step)")
+    model: ModelConfig = option(default_factory=ModelConfig, help="generator and LoRA")
+    data: DataConfig = option(default_factory=DataConfig, help="training prompts and references")
+    rewards: list[RewardSpec] = option(default_factory=lambda: [
+        RewardSpec("toy-prompt", "prompt"), RewardSpec("toy-id", "identity")],
+        help="rewards and their roles")
+    sampling: SamplingConfig = option(default_factory=SamplingConfig, help="rollouts")
+    advantage: AdvantageConfig = option(default_factory=AdvantageConfig, help="advantages")
+    train: OptimConfig = option(default_factory=OptimConfig, help="optimisation")
+    logging: LoggingConfig = option(default_factory=LoggingConfig, help="outputs")
+    eval: EvalConfig = option(default_factory=EvalConfig, help="held-out before/after check")
+
+    def validate(self, prefix: str = "") -> None:
+        trained = [r for r in self.rewards if r.role != "monitor"]
+        if not trained:
+            raise ConfigError("rewards", [r.name for r in self.rewards],
+                              "need at least one reward with role prompt or identity")
+        names = [r.name for r in self.rewards]
+        dup = sorted({n for n in names if names.count(n) > 1 and
+                      not any(r.column for r in self.rewards if r.name == n)})
+        if dup:
+            raise ConfigError("rewards", dup, "listed twice; give each entry its own `column`")
+        roles = {r.role for r in trained}
+        if self.advantage.strategy in ("sars", "harmonic") and roles != {"prompt", "identity"}:
+            raise ConfigError("advantage.strategy", self.advantage.strategy,
+                              "sars/harmonic need rewards of both roles prompt and identity")
+        if self.train.timestep_selection == "window" and \
+                self.train.window_size > self.sampling.num_steps - 1:
+            raise ConfigError("train.window_size", self.train.window_size,
+                              f"must be <= sampling.num_steps - 1 = {self.sampling.num_steps - 1}")
+
+    @property
+    def trained_rewards(self) -> list[RewardSpec]:
+        """Rewards the advantage uses, prompt role first (column order of the advantage)."""
+        return [r for r in self.rewards if r.role == "prompt"] + \
+               [r for r in self.rewards if r.role == "identity"]
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(parts[: i + 1]))
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict | list):
+            raise ConfigError(".".join(parts[: i + 1]), node, "is not a section; cannot set "
+                              f"{dotted}")
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = _list_index(node, last, dotted)
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if part.isdigit() and int(part) < len(node):
+        return int(part)
+    # rewards may be addressed by name: rewards.toy-id.weight=2
+    for i, item in enumerate(node):
+        if isinstance(item, dict) and item.get("name") == part:
+            return i
+    raise ConfigError(key, part, f"no list item with that index or name (have {len(node)})")
+
+
+def _list_item(node: list, part: str, key: str) -> Any:
+    return node[_list_index(node, part, key)]
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """``["a.b=3", "c=[1, 2]"]`` -> ``[("a.b", 3), ("c", [1, 2])]`` (values parsed as YAML)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, None, "overrides look like key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    data = dict(data or {})
+    for key, value in parse_overrides(overrides):
+        _set_dotted(data, key, value)
+    return parse(Config, data)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", str(path), "file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError("--config", str(path), f"not valid YAML ({e})".replace("\n", " ")) \
+            from None
+    if not isinstance(data, dict):
+        raise ConfigError("--config", str(path), "must be a YAML mapping of sections")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a preset (or the defaults when ``path`` is None) and apply overrides."""
+    return config_from_dict(read_yaml(path) if path else {}, overrides)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+__all__ = [
+    "AdvantageConfig", "Config", "DataConfig", "EvalConfig", "LoggingConfig", "LoraConfig",
+    "ModelConfig", "OptimConfig", "RewardSpec", "SamplingConfig", "load_config",
+    "config_from_dict", "parse_overrides", "save_config", "read_yaml",
+]

@@ -1,0 +1,58 @@
+"""Building policies from configs and finding the pieces of a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cgrpo.config.train import Config, load_config
+from cgrpo.policies.base import LoraSettings, Policy, build_policy
+
+
+def lora_settings(config: Config) -> LoraSettings:
+    lc = config.model.lora
+    return LoraSettings(rank=lc.rank, alpha=lc.alpha, dropout=lc.dropout,
+                        target_modules=tuple(lc.targets) if lc.targets else None)
+
+
+def build_policy_from_config(config: Config, device: torch.device | str = "cpu",
+                             with_lora: bool = False) -> Policy:
+    """The configured backend (base weights), optionally with a fresh LoRA adapter."""
+    policy = build_policy(config.model.backend, config.model.options, device=device)
+    if with_lora:
+        policy.add_lora(lora_settings(config))
+    return policy.to(device)
+
+
+def adapter_path(run_dir: str | Path, checkpoint: str = "final") -> Path:
+    """The adapter directory of a run: ``final`` (end of training), ``latest`` or ``step-N``."""
+    from cgrpo.training.checkpoint import list_checkpoints
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory not found: {run_dir}")
+    if checkpoint == "final":
+        path = run_dir / "final"
+        if (path / "adapter.safetensors").is_file():
+            return path
+        checkpoint = "latest"  # an interrupted run has no final adapter yet
+    if checkpoint == "latest":
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise FileNotFoundError(f"{run_dir} has no final adapter and no checkpoints")
+        return found[-1]
+    path = run_dir / "checkpoints" / checkpoint
+    if not (path / "adapter.safetensors").is_file():
+        raise FileNotFoundError(f"no adapter at {path}")
+    return path
+
+
+def load_run_policy(run_dir: str | Path, checkpoint: str = "final",
+                    device: torch.device | str = "cpu") -> tuple[Config, Policy]:
+    """The run's resolved config and its policy with the trained adapter loaded."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    policy = build_policy_from_config(config, device, with_lora=True)
+    policy.load_adapter(adapter_path(run_dir, checkpoint))
+    return config, policy.eval()

@@ -1,0 +1,519 @@
+"""The GRPO trainer: one loop for every backend, in four named stages.
+
+Each training step:
+
+1. **sample** -- ``groups_per_step`` (prompt, reference) examples, G samples each, all in
+   one batched SDE rollout (chunked by ``sampling.chunk_size``), same start noise per group;
+2. **score** -- every configured reward scores the decoded images (named columns);
+3. **advantages** -- per-reward group z-scores, reward weights from the schedule (TDW)
+   taken at each trained step's real denoising index, combined by the strategy (SARS);
+4. **update** -- clipped policy-gradient loss on the trained (sample, step) pairs,
+   accumulated over micro-batches, optional KL to the frozen base, AdamW on the LoRA.
+
+Multi-process runs go through accelerate (``accelerate launch -m cgrpo.cli train ...``):
+each process samples its own groups, gradients are averaged by DDP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cgrpo.config.schema import ConfigError
+from cgrpo.config.train import Config, RewardSpec, save_config
+from cgrpo.data.base import Example, build_dataset
+from cgrpo.grpo import (
+    combine_advantages,
+    gaussian_kl,
+    group_normalize,
+    make_weight_schedule,
+    ppo_clip_loss,
+    sde_step,
+    select_timesteps_random,
+    select_timesteps_window,
+    sliding_window,
+)
+from cgrpo.policies.base import Policy
+from cgrpo.rewards.base import Reward, RewardBatch, RewardContext, ScoreRequest, build_reward
+from cgrpo.sampling import generate, initial_noise, make_sigmas, sample_trajectory
+from cgrpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from cgrpo.training.logging import MetricsWriter, group_grid
+from cgrpo.training.rollout import Advantages, Rollout
+from cgrpo.training.runs import build_policy_from_config
+
+log = logging.getLogger("cgrpo.train")
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any parts (stable across processes and Python versions)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generator_for(*parts: Any) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+class Interrupted(Exception):
+    """Training stopped by the user after a checkpoint was written."""
+
+
+@dataclass
+class ScoredRewards:
+    """The rewards of a run, built once: objects, the spec of each used column."""
+
+    rewards: dict[str, Reward]
+    columns: dict[str, RewardSpec]  # column name -> spec (trained and monitored)
+
+    def score(self, request: ScoreRequest) -> RewardBatch:
+        out: dict[str, torch.Tensor] = {}
+        for reward in self.rewards.values():
+            out.update(reward.score(request))
+        return RewardBatch({c: out[c] for c in self.columns})
+
+
+def build_rewards(specs: list[RewardSpec], device: torch.device) -> ScoredRewards:
+    """Instantiate each configured reward once and map the used columns to their specs."""
+    rewards: dict[str, Reward] = {}
+    columns: dict[str, RewardSpec] = {}
+    context = RewardContext(device=device)
+    for spec in specs:
+        if spec.name not in rewards:
+            try:
+                rewards[spec.name] = build_reward(spec.name, spec.options, context).to(device)
+            except ValueError as e:
+                if isinstance(e, ConfigError):
+                    raise
+                raise ConfigError(f"rewards.{spec.name}", spec.name, str(e)) from None
+        reward = rewards[spec.name]
+        if spec.column is not None:
+            if spec.column not in reward.columns:
+                raise ConfigError(f"rewards.{spec.name}.column", spec.column,
+                                  f"choose from {', '.join(reward.columns)}")
+            columns[spec.column] = spec
+        elif len(reward.columns) == 1:
+            columns[reward.columns[0]] = spec
+        else:
+            raise ConfigError(f"rewards.{spec.name}.column", None,
+                              f"reward returns several columns; choose from "
+                              f"{', '.join(reward.columns)}")
+    return ScoredRewards(rewards, columns)
+
+
+class Trainer:
+    """Runs GRPO training for a :class:`~cgrpo.config.train.Config` into ``run_dir``."""
+
+    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False,
+                 accelerator: Any = None) -> None:
+        from accelerate import Accelerator
+
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=config.train.mixed_precision,
+            cpu=not torch.cuda.is_available(),
+        )
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.world_size = self.accelerator.num_processes
+        self.is_main = self.accelerator.is_main_process
+        self.step = 0
+        self._resume = resume
+        self._setup()
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        cfg = self.config
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        self.policy: Policy = build_policy_from_config(cfg, self.device, with_lora=True)
+        self.dataset = build_dataset(cfg.data.name, cfg.data.options, "train")
+        if len(self.dataset) == 0:
+            raise ValueError(f"dataset {cfg.data.name!r} has no examples")
+        self.scorer = build_rewards(cfg.rewards, self.device)
+        trained = cfg.trained_rewards
+        self.trained_columns = [c for c, s in self.scorer.columns.items() if s in trained]
+        self.trained_columns.sort(key=lambda c: 0 if self.scorer.columns[c].role == "prompt" else 1)
+        sched_params: dict[str, float] = {}
+        if cfg.advantage.schedule == "fixed":
+            sched_params = {"w_prompt": cfg.advantage.fixed_prompt_weight}
+        elif cfg.advantage.schedule == "linear":
+            sched_params = {"start": cfg.advantage.linear_start, "end": cfg.advantage.linear_end}
+        self.schedule = make_weight_schedule(cfg.advantage.schedule, **sched_params)
+        self.sigmas = make_sigmas(self.policy, cfg.sampling.num_steps, cfg.sampling.shift,
+                                  cfg.sampling.dynamic_shift)
+
+        params = self.policy.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas,
+                                           weight_decay=cfg.train.weight_decay)
+        warm = cfg.train.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            self.policy, self.optimizer, self.scheduler)
+        if self._resume:
+            found = list_checkpoints(self.run_dir)
+            if not found:
+                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+            self.step = load_checkpoint(found[-1], self.policy, self.optimizer, self.scheduler)
+            log.info("resumed from %s at step %d", found[-1], self.step)
+        self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard) if self.is_main else None
+        if self.metrics is not None and self._resume:
+            self.metrics.truncate_after(self.step)
+
+    # ------------------------------------------------------------------ stage 1: sample
+    def examples_for_step(self, step: int) -> list[Example]:
+        """This process's examples at ``step``: a seeded permutation per epoch, no repeats."""
+        n = len(self.dataset)
+        per_step = self.config.sampling.groups_per_step
+        out = []
+        for j in range(per_step):
+            pos = (step * self.world_size + self.rank) * per_step + j
+            epoch, offset = divmod(pos, n)
+            perm = torch.randperm(n, generator=generator_for(self.config.seed, "epoch", epoch))
+            out.append(self.dataset[int(perm[offset])])
+        return out
+
+    def trained_steps_mask(self, step: int) -> torch.Tensor:
+        """``[N]`` bool: which sampler steps are stochastic this step (MixGRPO: the window)."""
+        t = self.config.train
+        n = self.config.sampling.num_steps
+        if t.timestep_selection == "window":
+            window = sliding_window(n, t.window_size, t.window_stride, step,
+                                    t.window_shift_interval)
+            return window.sde_mask()
+        return torch.ones(n, dtype=torch.bool)
+
+    def sample(self, step: int) -> Rollout:
+        cfg = self.config.sampling
+        examples = self.examples_for_step(step)
+        g = cfg.group_size
+        with torch.no_grad():
+            cond = self.policy.encode([e.prompt for e in examples],
+                                      [e.references for e in examples]).to(self.device)
+        cond = cond.repeat_interleave(g)
+        gen = generator_for(self.config.seed, "noise", step, self.rank)
+        noise = initial_noise(self.policy, len(examples) * g, gen,
+                              group_size=g if cfg.same_noise else 1, device=self.device)
+        self.policy.eval()
+        traj = sample_trajectory(
+            self.policy, cond, noise, self.sigmas, noise_level=cfg.noise_level, kind=cfg.sde_kind,
+            sde_steps=self.trained_steps_mask(step),
+            generator=generator_for(self.config.seed, "sde", step, self.rank),
+            chunk_size=cfg.chunk_size)
+        with torch.no_grad():
+            images = self._decode(traj.final)
+        group_examples = [e for e in examples for _ in range(g)]
+        return Rollout(group_examples, cond, traj, images, g)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        chunk = self.config.sampling.chunk_size or latents.shape[0]
+        return torch.cat([self.policy.decode(latents[i:i + chunk]).float().cpu()
+                          for i in range(0, latents.shape[0], chunk)])
+
+    # ------------------------------------------------------------------ stage 2: score
+    def score(self, rollout: Rollout) -> RewardBatch:
+        return self.scorer.score(rollout.score_request())
+
+    # ------------------------------------------------------------------ stage 3: advantages
+    def advantages(self, rollout: Rollout, rewards: RewardBatch, step: int) -> Advantages:
+        cfg = self.config
+        n_steps = cfg.sampling.num_steps
+        cols = self.trained_columns
+        per_reward = group_normalize(rewards.matrix(cols), rollout.group_size, column_names=cols)
+        b = len(rollout)
+        if cfg.train.timestep_selection == "window":
+            t = cfg.train
+            timesteps = select_timesteps_window(n_steps, t.window_size, t.window_stride, step, b,
+                                                t.window_shift_interval)
+        else:
+            timesteps = select_timesteps_random(
+                n_steps, cfg.train.timestep_fraction, b,
+                generator=generator_for(cfg.seed, "timesteps", step, self.rank))
+        weights = self._reward_weights(timesteps)  # [B, T, K]
+        combined = torch.stack([
+            combine_advantages(per_reward, weights[:, j], cfg.advantage.strategy,
+                               gamma=cfg.advantage.gamma, group_size=rollout.group_size)
+            for j in range(timesteps.shape[1])
+        ], dim=1)
+        return Advantages(per_reward, cols, timesteps, combined, weights, rewards)
+
+    def _reward_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """``[B, T, K]``: the schedule's (w_prompt, w_identity) at each trained step's real
+        denoising index, shared among the rewards of each role by their ``weight``."""
+        specs = [self.scorer.columns[c] for c in self.trained_columns]
+        roles = {s.role for s in specs}
+        role_w = self.schedule(timesteps, self.config.sampling.num_steps)  # [B, T, 2]
+        out = []
+        for spec in specs:
+            same = sum(s.weight for s in specs if s.role == spec.role)
+            share = spec.weight / same
+            if len(roles) == 1:  # one role only: the schedule has nothing to trade off
+                out.append(torch.full(timesteps.shape, share))
+            else:
+                out.append(role_w[..., 0 if spec.role == "prompt" else 1] * share)
+        return torch.stack(out, dim=-1).float()
+
+    # ------------------------------------------------------------------ stage 4: update
+    def update(self, rollout: Rollout, adv: Advantages, step: int) -> dict[str, float]:
+        cfg = self.config
+        t = cfg.train
+        traj = rollout.trajectory
+        b, n_t = adv.timesteps.shape
+        sigmas = self.sigmas.to(self.device)
+        torch.manual_seed(derive_seed(cfg.seed, "update", step, self.rank))  # LoRA dropout
+        order = torch.randperm(b, generator=generator_for(cfg.seed, "order", step, self.rank))
+        minibatches = order.chunk(t.updates_per_step)
+        stats: dict[str, float] = defaultdict(float)
+        first_ratio_dev = 0.0
+        self.model.train()
+        for mb_index, mb in enumerate(minibatches):
+            pairs = [(int(i), j) for i in mb for j in range(n_t)]
+            n_pairs = len(pairs)
+            chunks = [pairs[k:k + t.micro_batch] for k in range(0, n_pairs, t.micro_batch)]
+            for c_index, chunk in enumerate(chunks):
+                rows = torch.tensor([p[0] for p in chunk])
+                cols = torch.tensor([p[1] for p in chunk])
+                step_idx = adv.timesteps[rows, cols]
+                x = traj.latents[rows, step_idx].to(self.device)
+                x_next = traj.latents[rows, step_idx + 1].to(self.device)
+                old_lp = traj.log_probs[rows, step_idx].to(self.device)
+                a = adv.combined[rows, cols].to(self.device)
+                cond = rollout.cond.select(rows)
+                last = c_index == len(chunks) - 1
+                sync = nullcontext() if last else self.accelerator.no_sync(self.model)
+                with sync, self.accelerator.autocast():
+                    v = self.model(x, sigmas[step_idx], cond)
+                    res = sde_step(v, x, sigmas, step_idx.to(self.device),
+                                   cfg.sampling.noise_level, cfg.sampling.sde_kind,
+                                   prev_sample=x_next)
+                    loss, ps = ppo_clip_loss(res.log_prob, old_lp, a, t.clip_range, t.adv_clip)
+                    total = loss
+                    kl_value = 0.0
+                    if t.kl_coef > 0:
+                        with torch.no_grad(), self.policy.adapter_disabled():
+                            v_ref = self.policy(x, sigmas[step_idx], cond)
+                        ref = sde_step(v_ref, x, sigmas, step_idx.to(self.device),
+                                       cfg.sampling.noise_level, cfg.sampling.sde_kind,
+                                       prev_sample=x_next)
+                        kl = gaussian_kl(res.mean, ref.mean, res.std).mean()
+                        total = total + t.kl_coef * kl
+                        kl_value = float(kl)
+                    frac = len(chunk) / n_pairs
+                    self.accelerator.backward(total * frac)
+                stats["loss"] += float(loss) * frac / len(minibatches)
+                stats["kl"] += kl_value * frac / len(minibatches)
+                stats["clip_fraction"] += ps.clip_fraction * frac / len(minibatches)
+                stats["ratio_mean"] += ps.ratio_mean * frac / len(minibatches)
+                stats["ratio_max"] = max(stats.get("ratio_max", -math.inf), ps.ratio_max)
+                stats["ratio_min"] = min(stats.get("ratio_min", math.inf), ps.ratio_min)
+                if mb_index == 0:
+                    first_ratio_dev = max(first_ratio_dev, abs(ps.ratio_max - 1),
+                                          abs(ps.ratio_min - 1))
+            params = self.policy.trainable_parameters()
+            if t.grad_clip > 0:
+                norm = self.accelerator.clip_grad_norm_(params, t.grad_clip)
+            else:
+                norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            stats["grad_norm"] += float(norm) / len(minibatches)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        stats["first_update_ratio_dev"] = first_ratio_dev
+        stats["lr"] = self.scheduler.get_last_lr()[0]
+        return dict(stats)
+
+    # ------------------------------------------------------------------ the loop
+    def train_step(self, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        rollout = self.sample(step)
+        t1 = time.perf_counter()
+        rewards = self.score(rollout)
+        t2 = time.perf_counter()
+        adv = self.advantages(rollout, rewards, step)
+        stats = self.update(rollout, adv, step)
+        t3 = time.perf_counter()
+        metrics = self._step_metrics(rewards, adv)
+        metrics.update(stats)
+        metrics.update({"time/sample": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2,
+                        "time/step": t3 - t0})
+        self._last_rollout = (rollout, rewards)
+        return metrics
+
+    def _step_metrics(self, rewards: RewardBatch, adv: Advantages) -> dict[str, float]:
+        m: dict[str, float] = {}
+        for name, values in rewards.columns.items():
+            gathered = self.accelerator.gather(values.to(self.device)).float().cpu()
+            m[f"reward/{name}/mean"] = float(gathered.mean())
+            m[f"reward/{name}/std"] = float(gathered.std()) if gathered.numel() > 1 else 0.0
+        for k, name in enumerate(adv.columns):
+            col = adv.per_reward[:, k]
+            m[f"adv/{name}/abs_mean"] = float(col.abs().mean())
+            m[f"adv/{name}/positive"] = float((col > 0).float().mean())
+        if adv.per_reward.shape[1] >= 2:
+            signs = torch.sign(adv.per_reward)
+            nonzero = (signs != 0).all(dim=1)
+            disagree = (signs.max(dim=1).values > 0) & (signs.min(dim=1).values < 0)
+            m["conflict_rate"] = float((disagree & nonzero).float().mean())
+        m["adv/combined/abs_mean"] = float(adv.combined.abs().mean())
+        m["adv/weight_prompt_mean"] = float(adv.weights[..., 0].mean())
+        return m
+
+    def train(self) -> dict[str, Any]:
+        """Run to ``train.steps``; returns the summary (held-out rewards before/after)."""
+        cfg = self.config
+        summary: dict[str, Any] = {"run_dir": str(self.run_dir)}
+        if cfg.eval.before_after and self.step == 0:
+            summary["before"] = self.evaluate(adapter=False)
+            self._write_json("eval_before.json", summary["before"])
+        elif cfg.eval.before_after and (self.run_dir / "eval_before.json").is_file():
+            summary["before"] = json.loads((self.run_dir / "eval_before.json").read_text())
+        bar = None
+        if cfg.logging.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
+                       dynamic_ncols=True)
+        last: dict[str, float] = {}
+        try:
+            while self.step < cfg.train.steps:
+                metrics = self.train_step(self.step)
+                self.step += 1
+                last = metrics
+                self._after_step(metrics, bar)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            path = self._checkpoint()
+            raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to {path}; "
+                              f"continue with: cgrpo train --resume {self.run_dir}") from None
+        if bar is not None:
+            bar.close()
+        if self.is_main:
+            self._checkpoint()
+            self.policy.save_adapter(self.run_dir / "final")
+        if cfg.eval.before_after:
+            summary["after"] = self.evaluate(adapter=True)
+            self._write_json("eval_after.json", summary["after"])
+        summary["last_metrics"] = last
+        if self.is_main:
+            self._write_summary(summary)
+        if self.metrics is not None:
+            self.metrics.close()
+        return summary
+
+    def _after_step(self, metrics: dict[str, float], bar: Any) -> None:
+        cfg = self.config.logging
+        step = self.step
+        if self.metrics is not None and (step % cfg.log_every == 0 or
+                                         step == self.config.train.steps):
+            self.metrics.write(step, metrics)
+        if bar is not None:
+            shown = {k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items()
+                     if k.startswith("reward/") and k.endswith("/mean")}
+            bar.set_postfix(shown, refresh=False)
+            bar.update(1)
+        if self.is_main and cfg.sample_every and step % cfg.sample_every == 0:
+            self._save_grid(step)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and \
+                step < self.config.train.steps:
+            self._checkpoint()
+
+    def _checkpoint(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.run_dir, self.step, self.policy, self.optimizer,
+                               self.scheduler, self.config, self.config.logging.keep_checkpoints)
+
+    def _save_grid(self, step: int, max_groups: int = 4) -> None:
+        rollout, rewards = self._last_rollout
+        g = rollout.group_size
+        n = min(max_groups, len(rollout) // g)
+        labels = []
+        for k in range(n * g):
+            parts = [f"{name[:10]} {float(v[k]):.2f}" for name, v in rewards.columns.items()]
+            labels.append("\n".join(parts))
+        grid = group_grid([rollout.examples[i * g].references[0] for i in range(n)],
+                          rollout.images[: n * g], g,
+                          [rollout.examples[i * g].prompt for i in range(n)], labels)
+        folder = self.run_dir / "samples"
+        folder.mkdir(exist_ok=True)
+        grid.save(folder / f"step-{step:06d}.png")
+
+    # ------------------------------------------------------------------ held-out check
+    def evaluate(self, adapter: bool = True) -> dict[str, Any]:
+        """Mean of every reward column on held-out items, deterministic sampling.
+
+        ``adapter=False`` scores the base model (the adapter switched off).
+        """
+        cfg = self.config.eval
+        data = build_dataset(cfg.data.name, cfg.data.options, "heldout")
+        items = [data[i] for i in range(min(cfg.num_items, len(data)))]
+        ctx = nullcontext() if adapter else self.policy.adapter_disabled()
+        self.policy.eval()
+        with ctx:
+            images = generate(self.policy, [e.prompt for e in items],
+                              [e.references for e in items], num_steps=cfg.num_steps,
+                              shift=self.config.sampling.shift,
+                              dynamic_shift=self.config.sampling.dynamic_shift, seed=cfg.seed,
+                              batch_size=self.config.sampling.chunk_size or 32)
+        request = ScoreRequest(images, [e.prompt for e in items], [e.references for e in items],
+                               [e.reference_masks for e in items], [e.metadata for e in items])
+        scores = self.scorer.score(request)
+        result: dict[str, Any] = {"n": len(items), "means": {}, "by_kind": {}}
+        kinds = [str(e.metadata.get("kind", "all")) for e in items]
+        for name, values in scores.columns.items():
+            result["means"][name] = float(values.mean())
+            for kind in sorted(set(kinds)):
+                sel = torch.tensor([k == kind for k in kinds])
+                result["by_kind"].setdefault(kind, {})[name] = float(values[sel].mean())
+        return result
+
+    def _write_json(self, name: str, data: Any) -> None:
+        if self.is_main:
+            (self.run_dir / name).write_text(json.dumps(data, indent=2))
+
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        lines = [f"# cgrpo run `{self.run_dir.name}`", "",
+                 f"- backend: `{self.config.model.backend}`, data: `{self.config.data.name}`",
+                 f"- steps: {self.step}, group size {self.config.sampling.group_size}, "
+                 f"{self.config.sampling.groups_per_step} groups/step, "
+                 f"strategy `{self.config.advantage.strategy}`, "
+                 f"schedule `{self.config.advantage.schedule}`", ""]
+        table = held_out_table(summary)
+        if table:
+            lines += ["## Held-out rewards (deterministic sampling)", "", table, ""]
+        lines += ["## Files", "", "- `metrics.jsonl`, `tensorboard/`: per-step metrics",
+                  "- `samples/`: reference | group grids", "- `final/`: trained adapter",
+                  "- `checkpoints/`: resumable checkpoints", ""]
+        (self.run_dir / "summary.md").write_text("\n".join(lines))
+
+
+def held_out_table(summary: dict[str, Any]) -> str:
+    """Markdown table of held-out reward means before/after training, with the change."""
+    before, after = summary.get("before"), summary.get("after")
+    if not before or not after:
+        return ""
+    rows = ["| reward | prompts | before | after | change |", "|---|---|---:|---:|---:|"]
+    groups = [("all", before["means"], after["means"])]
+    groups += [(k, before["by_kind"][k], after["by_kind"].get(k, {}))
+               for k in sorted(before.get("by_kind", {})) if len(before["by_kind"]) > 1]
+    for label, b, a in groups:
+        for name in b:
+            if name in a:
+                rows.append(f"| {name} | {label} | {b[name]:.4f} | {a[name]:.4f} | "
+                            f"{a[name] - b[name]:+.4f} |")
+    return "\n".join(rows)
