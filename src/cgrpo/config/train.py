@@ -214,8 +214,19 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
     return out
 
 
+def _merge(base: Any, update: Any) -> Any:
+    """Mappings merge key by key; anything else in ``update`` replaces ``base``."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        out = dict(base)
+        for k, v in update.items():
+            out[k] = _merge(base.get(k), v) if k in base else v
+        return out
+    return update
+
+
 def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    data = dict(data or {})
+    """Defaults, then ``data`` (a preset), then dotted ``overrides``; checked strictly."""
+    data = _merge(to_dict(Config()), dict(data or {}))
     for key, value in parse_overrides(overrides):
         _set_dotted(data, key, value)
     return parse(Config, data)
