@@ -1,0 +1,135 @@
+"""Tiny random reward models built from configs, saved like real checkpoints (offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+DREAMBENCH = REPO.parent / "shared" / "dreambench"
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def make_images():
+    """The :func:`random_images` maker (tests import no helpers from conftest)."""
+    return random_images
+
+
+@pytest.fixture
+def dreambench():
+    """The :func:`dreambench_image` loader."""
+    return dreambench_image
+
+
+def random_images(n: int, h: int = 64, w: int = 80, seed: int = 0) -> torch.Tensor:
+    """``[n, 3, h, w]`` smooth-ish random images in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, max(2, h // 8), max(2, w // 8), generator=g)
+    up = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    return (0.8 * up + 0.2 * torch.rand(n, 3, h, w, generator=g)).clamp(0, 1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dino_dir(tmp_path_factory) -> Path:
+    from transformers import Dinov2Config, Dinov2Model
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("dinov2")
+    cfg = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=224,
+        patch_size=16,
+    )
+    Dinov2Model(cfg).save_pretrained(d)
+    BitImageProcessorPil(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(d)
+    return d
+
+
+def clip_tokenizer():
+    """A CLIP BPE tokenizer over single bytes (no merges): offline and complete."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("clip")
+    tok = clip_tokenizer()
+    bos, eos = tok.convert_tokens_to_ids(["<|startoftext|>", "<|endoftext|>"])
+    cfg = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=224,
+            patch_size=32,
+        ),
+        projection_dim=16,
+    )
+    CLIPModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    (d / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "do_resize": True,
+                "size": {"shortest_edge": 224},
+                "do_center_crop": True,
+                "crop_size": {"height": 224, "width": 224},
+                "resample": 3,
+                "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                "image_std": [0.26862954, 0.26130258, 0.27577711],
+            }
+        )
+    )
+    return d
+
+
+def dreambench_image(subject: str = "dog", index: int = 0) -> torch.Tensor | None:
+    """A real DreamBench image ``[3, H, W]``, or None where the data is absent."""
+    from cgrpo.data.base import load_image
+
+    folder = DREAMBENCH / subject
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return load_image(files[index]) if len(files) > index else None

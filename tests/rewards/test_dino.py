@@ -1,0 +1,210 @@
+"""dino / dino-seg on a tiny random DINOv2; preprocessing parity; segmenters."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from cgrpo.config import ConfigError
+from cgrpo.rewards import ScoreRequest, build_reward
+from cgrpo.rewards.images import (
+    ImageTransform,
+    center_crop,
+    quantize,
+    shortest_edge_size,
+    to_uint8_array,
+    transform_from_dir,
+)
+from cgrpo.rewards.segment import BackgroundDifference, build_segmenter
+
+
+def request_for(images, refs, masks=None, prompts=None):
+    b = images.shape[0]
+    return ScoreRequest(
+        images=images,
+        prompts=prompts or ["a dog"] * b,
+        references=refs,
+        reference_masks=masks or [],
+    )
+
+
+@pytest.fixture(scope="module")
+def dino(tiny_dino_dir):
+    return build_reward("dino", {"path": str(tiny_dino_dir), "batch_size": 5})
+
+
+def test_preprocessing_matches_transformers_processor(tiny_dino_dir, make_images):
+    from PIL import Image
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+    ours = transform_from_dir(tiny_dino_dir, ImageTransform(shortest_edge=1, crop=(1, 1)))
+    assert ours.shortest_edge == 256 and ours.crop == (224, 224) and ours.resample == "bicubic"
+    proc = BitImageProcessorPil.from_pretrained(tiny_dino_dir)
+    for h, w in [(300, 401), (120, 90)]:  # shrink (antialiased) and enlarge
+        img = quantize(make_images(1, h, w, seed=h)[0])
+        ref = proc(Image.fromarray(to_uint8_array(img)), return_tensors="pt")["pixel_values"][0]
+        got = ours(img)
+        assert got.shape == ref.shape == (3, 224, 224)
+        diff = (got - ref).abs()
+        # PIL rounds to 8 bits after resizing; that rounding (1/255/std ~ 0.017) bounds the gap.
+        assert diff.mean() < 0.01 and diff.max() < 0.05, (h, w, diff.mean(), diff.max())
+
+
+def test_geometry_helpers_follow_transformers_rules():
+    assert shortest_edge_size(300, 400, 256) == (256, 341)
+    assert shortest_edge_size(400, 300, 256) == (341, 256)
+    x = torch.arange(5 * 6).float().view(1, 5, 6)
+    assert center_crop(x, (3, 4)).tolist() == x[:, 1:4, 1:5].tolist()
+    assert center_crop(x, (7, 6)).shape == (1, 7, 6)  # pads when smaller
+
+
+def test_dino_scores_shape_determinism_and_identity(dino, make_images):
+    imgs = make_images(3, 96, 128, seed=1)
+    refs = [make_images(1, 70, 50, seed=2)[0:1], imgs[1:2].clone(), make_images(2, 64, 64, seed=3)]
+    req = request_for(imgs, refs)
+    out = dino.score(req)
+    assert (
+        list(out) == ["dino"] and out["dino"].shape == (3,) and out["dino"].dtype == torch.float32
+    )
+    assert torch.equal(out["dino"], dino.score(req)["dino"])
+    assert out["dino"][1].item() == pytest.approx(100.0, abs=1e-3)  # identical pair
+    assert out["dino"][0] < 99.9 and out["dino"][2] < 99.9
+
+
+def test_dino_multiple_references_is_mean_over_references(dino, make_images):
+    img = make_images(1, 64, 64, seed=4)
+    r1, r2 = make_images(2, 64, 64, seed=5).split(1)
+    both = dino.score(request_for(img, [torch.cat([r1, r2])]))["dino"]
+    one = dino.score(request_for(img, [r1]))["dino"]
+    two = dino.score(request_for(img, [r2]))["dino"]
+    assert both.item() == pytest.approx(((one + two) / 2).item(), abs=1e-4)
+
+
+def test_dino_batch_invariance(dino, make_images):
+    imgs = make_images(8, 64, 72, seed=6)
+    ref = make_images(1, 80, 80, seed=7)
+    refs = [ref] * 8  # one shared object, as a group has
+    full = dino.score(request_for(imgs, refs))["dino"]
+    singles = torch.cat([dino.score(request_for(imgs[i : i + 1], [ref]))["dino"] for i in range(8)])
+    assert torch.allclose(full, singles, atol=1e-4)
+
+
+def test_dino_real_dreambench_images_any_size(dino, dreambench):
+    a, b = dreambench("dog", 0), dreambench("dog", 1)
+    if a is None or b is None:
+        pytest.skip("DreamBench data not present")
+    s = dino.score(request_for(a[None], [torch.stack([a])]))["dino"]
+    assert s.item() == pytest.approx(100.0, abs=1e-3)
+    s2 = dino.score(request_for(b[None], [a[None]]))["dino"]
+    assert -100.0 <= s2.item() < 99.99
+
+
+def test_dino_seg_uses_reference_masks(tiny_dino_dir, make_images):
+    reward = build_reward(
+        "dino-seg", {"path": str(tiny_dino_dir), "segmenter": "background-difference"}
+    )
+    h = w = 96
+    subject = make_images(1, 32, 32, seed=8)[0]
+    gen = torch.ones(1, 3, h, w)
+    gen[0, :, 32:64, 32:64] = subject  # subject on white: the segmenter isolates it
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., 32:64, 32:64] = 1
+    noisy = make_images(1, h, w, seed=9)
+    noisy[0, :, 32:64, 32:64] = subject  # same subject, busy background, masked out
+    out = reward.score(request_for(gen, [noisy], masks=[mask]))
+    assert list(out) == ["dino-seg"]
+    assert out["dino-seg"].item() == pytest.approx(100.0, abs=1e-3)
+    plain_dino = build_reward("dino", {"path": str(tiny_dino_dir)})
+    assert plain_dino.score(request_for(gen, [noisy]))["dino"].item() < 99.9
+
+
+def test_dino_seg_identical_and_batch_invariant(tiny_dino_dir, make_images):
+    reward = build_reward("dino-seg", {"path": str(tiny_dino_dir), "background_fill": "gray"})
+    imgs = make_images(8, 64, 64, seed=10)
+    ref = imgs[:1].clone()
+    full = reward.score(request_for(imgs, [ref] * 8))["dino-seg"]
+    singles = torch.cat(
+        [reward.score(request_for(imgs[i : i + 1], [ref]))["dino-seg"] for i in range(8)]
+    )
+    assert torch.allclose(full, singles, atol=1e-4)
+    assert full[0].item() == pytest.approx(100.0, abs=1e-3)
+
+
+def test_background_difference_recovers_subject_on_plain_backdrop():
+    img = torch.full((1, 3, 80, 100), 0.92)
+    img += 0.01 * torch.randn(img.shape, generator=torch.Generator().manual_seed(0))
+    img[0, :, 20:60, 30:70] = torch.tensor([0.8, 0.2, 0.1]).view(3, 1, 1)
+    mask = BackgroundDifference()(img.clamp(0, 1))
+    truth = torch.zeros(1, 1, 80, 100)
+    truth[..., 20:60, 30:70] = 1
+    iou = (mask * truth).sum() / ((mask + truth) > 0).sum()
+    assert mask.shape == (1, 1, 80, 100) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert iou > 0.95
+
+
+def test_background_difference_keeps_everything_when_it_cannot_split():
+    flat = torch.full((1, 3, 40, 40), 0.5)
+    assert BackgroundDifference()(flat).min() == 1.0
+
+
+def test_segmenter_none_warns_once_and_keeps_all(caplog):
+    with caplog.at_level(logging.WARNING):
+        seg = build_segmenter("none", who="dino-seg")
+    assert "not removed" in caplog.text
+    assert seg(torch.rand(2, 3, 8, 8)).min() == 1.0
+
+
+def test_model_segmenter_contract(tmp_path, make_images):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(0)
+    for labels in (3, 1):
+        d = tmp_path / f"seg{labels}"
+        cfg = SegformerConfig(
+            num_channels=3,
+            num_encoder_blocks=1,
+            depths=[1],
+            sr_ratios=[1],
+            hidden_sizes=[8],
+            patch_sizes=[7],
+            strides=[4],
+            num_attention_heads=[1],
+            mlp_ratios=[2],
+            decoder_hidden_size=8,
+            num_labels=labels,
+        )
+        SegformerForSemanticSegmentation(cfg).save_pretrained(d)
+        seg = build_segmenter("model", str(d), [0])
+        masks = seg(make_images(2, 50, 70, seed=11))
+        assert masks.shape == (2, 1, 50, 70)
+        assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="segmenter_path is required"):
+        build_segmenter("model", None)
+
+
+def test_bad_paths_and_options_name_the_culprit(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"rewards\.dino\.options\.path.*config\.json"):
+        build_reward("dino", {"path": str(tmp_path / "nowhere")})
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(
+        FileNotFoundError, match=r"lacks model\.safetensors or .*found: config\.json"
+    ):
+        build_reward("dino", {"path": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"rewards\.dino\.options\.path"):
+        build_reward("dino", {})
+    with pytest.raises(ConfigError, match=r"rewards\.dino-seg\.options\.segmenter"):
+        build_reward("dino-seg", {"path": str(tmp_path), "segmenter": "magic"})
+
+
+def test_fill_keeps_subject_pixels_exactly():
+    from cgrpo.rewards.images import fill_background
+
+    img = torch.rand(3, 10, 12)
+    mask = torch.zeros(1, 5, 6)
+    mask[..., :, :3] = 1  # nearest upsampling: left half of the image is subject
+    out = fill_background(img, mask, "black")
+    assert torch.equal(out[:, :, :6], img[:, :, :6]) and out[:, :, 6:].abs().max() == 0
+    assert np.allclose(to_uint8_array(out)[:, 6:], 0)
