@@ -59,6 +59,8 @@ def test_geometry_helpers_follow_transformers_rules():
     x = torch.arange(5 * 6).float().view(1, 5, 6)
     assert center_crop(x, (3, 4)).tolist() == x[:, 1:4, 1:5].tolist()
     assert center_crop(x, (7, 6)).shape == (1, 7, 6)  # pads when smaller
+    y = torch.arange(11).float().view(1, 1, 11)
+    assert center_crop(y, (1, 4)).flatten().tolist() == [3, 4, 5, 6]  # offset floors 3.5
 
 
 def test_dino_scores_shape_determinism_and_identity(dino, make_images):

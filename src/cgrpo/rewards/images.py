@@ -97,8 +97,7 @@ def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         ph, pw = max(th - h, 0), max(tw - w, 0)
         images = F.pad(images, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         h, w = images.shape[-2:]
-    top = int(round((h - th) / 2.0))
-    left = int(round((w - tw) / 2.0))
+    top, left = (h - th) // 2, (w - tw) // 2  # floor, as transformers does
     return images[..., top : top + th, left : left + tw]
 
 
