@@ -1,0 +1,722 @@
+"""FLUX.1-Kontext and UNO (FLUX.1-dev + UNO LoRA) backends, built on diffusers + peft.
+
+Token layout of one forward (GUIDE §2)::
+
+    text (T5, T tokens) | target (L tokens, packed 2x2) | reference 1 | ... | reference R
+
+The references are VAE-encoded once per :meth:`FluxPolicy.encode` call (posterior mean,
+``(z - shift) * scale``) and packed like the target; the transformer sees
+``cat([target, references])`` and its prediction is sliced back to the first ``L`` tokens.
+Position ids (``[L_total, 3]``: channel 0 = image index, 1 = row, 2 = column) follow the
+variant's scheme (:func:`reference_position_ids`): Kontext marks references with channel 0
+set to 1 (2, 3, ... for further references); UNO keeps channel 0 at 0 and moves each
+reference past the target and the previous references along rows and/or columns.
+
+The timestep goes in as sigma in [0, 1] (FluxKontextPipeline passes ``t / 1000`` with
+``t = 1000 * sigma``; the transformer multiplies by 1000 itself), the guidance scale through
+FLUX's guidance embedding. Text embeddings are computed once per prompt and cached.
+
+Weights come from a local diffusers-layout directory (``model.options.path``), never a hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cgrpo.config import ConfigError, option, parse
+from cgrpo.policies.base import POLICIES, Condition, Policy
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("kontext", "uno")
+ID_SCHEMES = ("kontext", "d", "h", "w", "o")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# diffusers attention backends that need no download; "native" is torch SDPA (the default).
+ATTENTION_BACKENDS = (
+    "native",
+    "_native_flash",
+    "_native_efficient",
+    "_native_math",
+    "_native_cudnn",
+    "flex",
+    "flash",
+    "_flash_3",
+    "sage",
+    "xformers",
+)
+
+#: The modules diffusers' Kontext LoRA training adapts. Names match by suffix, so the
+#: attention projections of the single blocks (attn.to_q/k/v) are included, while the
+#: single blocks' ``proj_out`` is not (a bare "proj_out" would also hit the final output
+#: layer); list ``single_transformer_blocks.N.proj_out`` explicitly to add them.
+KONTEXT_LORA_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "proj_mlp",
+)
+
+#: Sub-directories of a diffusers FLUX checkpoint this backend loads (scheduler/ is unused:
+#: the sigma schedule comes from the sampling config).
+MODEL_PARTS = {
+    "transformer": "FluxTransformer2DModel (config.json + weights)",
+    "vae": "AutoencoderKL (config.json + weights)",
+    "text_encoder": "CLIPTextModel (config.json + weights)",
+    "text_encoder_2": "T5EncoderModel (config.json + weights)",
+    "tokenizer": "CLIP tokenizer files",
+    "tokenizer_2": "T5 tokenizer files",
+}
+_NEEDS_CONFIG = ("transformer", "vae", "text_encoder", "text_encoder_2")
+_IN_MEMORY = "(in-memory components)"
+
+
+@dataclass
+class FluxOptions:
+    """``model.options`` of the ``flux`` backend."""
+
+    path: str = option(
+        help="local diffusers-layout FLUX directory: transformer/, vae/, "
+        "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/"
+    )
+    variant: str = option(
+        "kontext", "kontext (FLUX.1-Kontext) or uno (FLUX.1-dev + UNO LoRA)", choices=VARIANTS
+    )
+    uno_lora: str | None = option(
+        None,
+        "UNO LoRA safetensors file (XLabs names); required for "
+        "variant uno, fused into the base before training",
+    )
+    id_scheme: str | None = option(
+        None,
+        "reference position ids: kontext, or UNO's d (rows+cols),"
+        " h (rows), w (cols), o (none); null = the variant's own"
+        " (kontext / d)",
+        choices=ID_SCHEMES,
+    )
+    height: int = option(512, "target image height in pixels", min=16)
+    width: int = option(512, "target image width in pixels", min=16)
+    reference_size: int | None = option(
+        None,
+        "references are resized (short side) and centre-cropped to this square; null = target size",
+        min=16,
+    )
+    guidance: float = option(
+        3.5, "FLUX guidance-embedding scale (used when the model has one)", min=0.0
+    )
+    dtype: str = option(
+        "bf16", "dtype of the base weights (LoRA stays fp32)", choices=tuple(DTYPES)
+    )
+    gradient_checkpointing: bool = option(False, "recompute transformer blocks in backward")
+    attention: str = option(
+        "native", "diffusers attention backend (native = torch SDPA)", choices=ATTENTION_BACKENDS
+    )
+    cudnn_sdpa: bool = option(
+        False,
+        "allow torch's cuDNN SDPA kernel on CUDA (off: its backward failed on H100, GUIDE §2)",
+    )
+    max_sequence_length: int = option(512, "T5 tokens per prompt", min=1, max=512)
+    text_cache_dir: str | None = option(
+        None, "directory for cached prompt embeddings (safetensors); null = memory only"
+    )
+    text_cache_size: int = option(256, "prompts kept in the in-memory embedding cache", min=1)
+    text_encoder_device: str = option(
+        "same",
+        "where the text encoders run: same (as the transformer) or cpu",
+        choices=("same", "cpu"),
+    )
+    vae_batch_size: int = option(4, "images per VAE encode/decode call", min=1)
+
+    def validate(self, prefix: str = "model.options") -> None:
+        key = f"{prefix}.uno_lora" if prefix else "uno_lora"
+        if self.variant == "uno" and not self.uno_lora:
+            raise ConfigError(key, self.uno_lora, "required for variant uno (the UNO LoRA file)")
+        if self.variant == "kontext" and self.uno_lora:
+            raise ConfigError(key, self.uno_lora, "only used with variant uno")
+
+    @property
+    def scheme(self) -> str:
+        return self.id_scheme or ("kontext" if self.variant == "kontext" else "d")
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def target_position_ids(rows: int, cols: int) -> torch.Tensor:
+    """``[rows * cols, 3]`` float ids of a packed ``rows x cols`` grid: ``(0, row, col)``."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline._prepare_latent_image_ids(None, rows, cols, "cpu", torch.float32)
+
+
+def reference_position_ids(
+    scheme: str, target_grid: tuple[int, int], reference_grids: Sequence[tuple[int, int]]
+) -> torch.Tensor:
+    """Position ids of the reference tokens, ``[sum(r * c), 3]`` float, in reference order.
+
+    ``target_grid`` and ``reference_grids`` are packed ``(rows, cols)`` sizes.
+
+    * ``kontext``: reference ``k`` (0-based) gets channel 0 = ``k + 1``, rows/cols from 0
+      (one reference: exactly FluxKontextPipeline's ids).
+    * UNO ``d`` / ``h`` / ``w`` / ``o``: channel 0 stays 0; a running shift starts at the
+      target's ``(rows, cols)`` and grows by each reference's size; ``d`` adds it to rows and
+      cols, ``h`` to rows only, ``w`` to cols only, ``o`` to neither.
+    """
+    if scheme not in ID_SCHEMES:
+        raise ValueError(f"unknown id scheme {scheme!r}; choose one of: {', '.join(ID_SCHEMES)}")
+    row_shift, col_shift = target_grid
+    parts = []
+    for k, (rows, cols) in enumerate(reference_grids):
+        ids = target_position_ids(rows, cols)
+        if scheme == "kontext":
+            ids[:, 0] = k + 1
+        else:
+            if scheme in ("d", "h"):
+                ids[:, 1] += row_shift
+            if scheme in ("d", "w"):
+                ids[:, 2] += col_shift
+            row_shift += rows
+            col_shift += cols
+        parts.append(ids)
+    if not parts:
+        return torch.zeros(0, 3)
+    return torch.cat(parts)
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """``[B, C, h, w]`` VAE latents -> ``[B, (h/2)*(w/2), 4C]`` FLUX tokens (2x2 patches)."""
+    from diffusers import FluxPipeline
+
+    b, c, h, w = latents.shape
+    return FluxPipeline._pack_latents(latents, b, c, h, w)
+
+
+def resize_center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 3, h, w]`` -> ``[N, 3, H, W]``: scale so the image covers ``H x W``, crop the centre.
+
+    Bilinear with antialiasing (torch only; no torchvision). Already-sized images pass through.
+    """
+    height, width = size
+    h, w = images.shape[-2:]
+    if (h, w) == (height, width):
+        return images
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    out = F.interpolate(
+        images.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
+    )
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return out[..., top : top + height, left : left + width].clamp(0.0, 1.0)
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """Raise FileNotFoundError naming every missing part of a diffusers FLUX directory."""
+    root = Path(path).expanduser()
+    layout = "; ".join(f"{k}/ ({v})" for k, v in MODEL_PARTS.items())
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"model.options.path: FLUX model directory not found: {root} "
+            f"(expected the diffusers layout: {layout})"
+        )
+    missing = []
+    for part in MODEL_PARTS:
+        sub = root / part
+        if not sub.is_dir():
+            missing.append(f"{part}/")
+        elif part in _NEEDS_CONFIG and not (sub / "config.json").is_file():
+            missing.append(f"{part}/config.json")
+    if missing:
+        raise FileNotFoundError(
+            f"FLUX model directory {root} is missing {', '.join(missing)}; "
+            f"expected the diffusers layout: {layout}; scheduler/ is optional"
+        )
+    return root
+
+
+def fuse_xlabs_lora(transformer: nn.Module, path: str | Path) -> int:
+    """Convert an XLabs-style LoRA file (UNO's format) with diffusers and fuse it into the weights.
+
+    ``W <- W + up @ down`` for every adapted layer (XLabs LoRAs carry no alpha, so the scale
+    is 1; a fused ``qkv`` LoRA shares ``down`` and splits ``up`` over to_q/to_k/to_v).
+    Returns the number of layers changed. The transformer is left without any adapter.
+    """
+    from diffusers import FluxPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.options.uno_lora: LoRA file not found: {path}")
+    raw = load_file(str(path))
+    if not any(".processor." in k for k in raw):
+        raise ValueError(
+            f"model.options.uno_lora: {path} is not an XLabs-style LoRA (expected keys "
+            f"like double_blocks.0.processor.qkv_lora1.down.weight, got "
+            f"{sorted(raw)[:3]})"
+        )
+    converted = FluxPipeline.lora_state_dict(raw)
+    targets = {k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in converted}
+    linear = {n for n, m in transformer.named_modules() if isinstance(m, nn.Linear)}
+    if targets - linear:
+        raise ValueError(
+            f"model.options.uno_lora: {path} names layers this transformer lacks: "
+            f"{sorted(targets - linear)[:5]}"
+        )
+    transformer.load_lora_adapter(converted, prefix="transformer", adapter_name="uno")
+    adapted = {n for n, m in transformer.named_modules() if isinstance(m, BaseTunerLayer)}
+    if targets - adapted:  # diffusers only warns about keys it could not place
+        transformer.unload_lora()
+        raise ValueError(
+            f"model.options.uno_lora: {path}: layers not adapted: {sorted(targets - adapted)[:5]}"
+        )
+    transformer.fuse_lora(adapter_names=["uno"])
+    transformer.unload_lora()
+    return len(targets)
+
+
+def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    # Cast only when needed: diffusers warns on every dtype cast of a loaded model.
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+    module.to(device)
+
+
+def _pipeline_class(variant: str) -> Any:
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    return FluxKontextPipeline if variant == "kontext" else FluxPipeline
+
+
+# ----------------------------------------------------------------------------- the policy
+class _TextStack:
+    """Text encoders and tokenizers, kept outside the module tree so that ``policy.to()``,
+    ``state_dict()`` and optimisers never touch them."""
+
+    def __init__(self, text_encoder, tokenizer, text_encoder_2, tokenizer_2, device) -> None:
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2
+        self.device = torch.device(device)
+        for enc in (text_encoder, text_encoder_2):
+            enc.requires_grad_(False).eval().to(self.device)
+
+    def fingerprint(self, source: str, max_len: int) -> str:
+        te1, te2 = self.text_encoder.config, self.text_encoder_2.config
+        text = f"{source}|{max_len}|{te1.to_json_string()}|{te2.to_json_string()}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t5 [n, max_len, D], pooled CLIP [n, P])``, padded/truncated as FluxPipeline does."""
+        clip_ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        pooled = self.text_encoder(clip_ids.to(self.device), output_hidden_states=False)
+        t5_ids = self.tokenizer_2(
+            prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt"
+        ).input_ids
+        t5 = self.text_encoder_2(t5_ids.to(self.device), output_hidden_states=False)[0]
+        return t5, pooled.pooler_output
+
+
+class FluxPolicy(Policy):
+    """FLUX.1-Kontext / UNO behind :class:`cgrpo.policies.base.Policy`.
+
+    Build it with :meth:`from_pretrained` (a local diffusers directory; what the ``flux``
+    registry entry does) or :meth:`from_components` (in-memory modules, e.g. tiny test ones).
+    ``vae`` and the text parts may be None for benchmarks that feed embeddings directly
+    (:meth:`condition_from_embeddings`); :meth:`encode` / :meth:`decode` then raise.
+    """
+
+    backend = "flux"
+    default_lora_targets = KONTEXT_LORA_TARGETS
+
+    def __init__(
+        self,
+        options: FluxOptions,
+        transformer: nn.Module,
+        vae: nn.Module | None,
+        text: _TextStack | None,
+        source: str = _IN_MEMORY,
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.source = source
+        self.denoiser = transformer
+        self.vae = vae
+        self._text = text
+        self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 8
+        multiple = 2 * self.vae_scale_factor
+        sizes = {
+            "height": options.height,
+            "width": options.width,
+            "reference_size": options.reference_size,
+        }
+        for name, value in sizes.items():
+            if value is not None and value % multiple:
+                raise ConfigError(
+                    f"model.options.{name}",
+                    value,
+                    f"must be a multiple of {multiple} (VAE factor x 2x2 packing)",
+                )
+        self.dtype = DTYPES[options.dtype]
+        if options.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        if options.attention != "native":
+            transformer.set_attention_backend(options.attention)
+        self.requires_grad_(False)
+
+    # ----- construction ------------------------------------------------------------------
+    @classmethod
+    def from_components(
+        cls,
+        *,
+        transformer: nn.Module,
+        vae: nn.Module | None = None,
+        text_encoder: nn.Module | None = None,
+        tokenizer: Any = None,
+        text_encoder_2: nn.Module | None = None,
+        tokenizer_2: Any = None,
+        options: Mapping[str, Any] | FluxOptions | None = None,
+        device: torch.device | str = "cpu",
+        source: str = _IN_MEMORY,
+    ) -> FluxPolicy:
+        """A policy around given modules. ``options`` as in ``model.options`` (``path`` is not
+        needed); the base weights are cast to ``options.dtype`` and the UNO LoRA, if any, is
+        fused into ``transformer`` in place."""
+        if not isinstance(options, FluxOptions):
+            options = parse(FluxOptions, {"path": source, **dict(options or {})}, "model.options")
+        device = torch.device(device)
+        dtype = DTYPES[options.dtype]
+        if options.variant == "uno":
+            n = fuse_xlabs_lora(transformer, options.uno_lora)
+            log.info("fused UNO LoRA %s into %d layers", options.uno_lora, n)
+        _place(transformer, device, dtype)
+        if vae is not None:
+            _place(vae, device, dtype)
+        text = None
+        parts = (text_encoder, tokenizer, text_encoder_2, tokenizer_2)
+        if any(p is not None for p in parts):
+            if any(p is None for p in parts):
+                raise ValueError(
+                    "pass all of text_encoder, tokenizer, text_encoder_2, tokenizer_2 "
+                    "or none of them"
+                )
+            text_device = device if options.text_encoder_device == "same" else torch.device("cpu")
+            _place(text_encoder, text_device, dtype)
+            _place(text_encoder_2, text_device, dtype)
+            text = _TextStack(text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_device)
+        if device.type == "cuda" and not options.cudnn_sdpa:
+            # Process-wide switch: cuDNN SDPA's backward failed for FLUX shapes (GUIDE §2).
+            torch.backends.cuda.enable_cudnn_sdp(False)
+        return cls(options, transformer, vae, text, source)
+
+    @classmethod
+    def from_pretrained(
+        cls, options: Mapping[str, Any] | FluxOptions, device: torch.device | str = "cpu"
+    ) -> FluxPolicy:
+        """Load every part from ``options.path`` (local files only)."""
+        from diffusers import AutoencoderKL, FluxTransformer2DModel
+        from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+        if not isinstance(options, FluxOptions):
+            options = parse(FluxOptions, options, "model.options")
+        root = check_model_dir(options.path)
+        dtype = DTYPES[options.dtype]
+        kw = {"local_files_only": True}
+        transformer = FluxTransformer2DModel.from_pretrained(
+            root / "transformer", torch_dtype=dtype, **kw
+        )
+        vae = AutoencoderKL.from_pretrained(root / "vae", torch_dtype=dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", dtype=dtype, **kw)
+        text_encoder_2 = T5EncoderModel.from_pretrained(root / "text_encoder_2", dtype=dtype, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", **kw)
+        tokenizer_2 = AutoTokenizer.from_pretrained(root / "tokenizer_2", **kw)
+        return cls.from_components(
+            transformer=transformer,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            options=options,
+            device=device,
+            source=str(root.resolve()),
+        )
+
+    # ----- geometry ---------------------------------------------------------------------
+    def _grid(self, height: int, width: int) -> tuple[int, int]:
+        """Packed ``(rows, cols)`` of an image of ``height x width`` pixels."""
+        f = 2 * self.vae_scale_factor
+        return height // f, width // f
+
+    @property
+    def reference_hw(self) -> tuple[int, int]:
+        s = self.options.reference_size
+        return (s, s) if s else (self.options.height, self.options.width)
+
+    def latent_shape(self) -> tuple[int, int]:
+        rows, cols = self._grid(self.options.height, self.options.width)
+        return rows * cols, int(self.denoiser.config.in_channels)
+
+    def position_ids(self, num_references: int) -> torch.Tensor:
+        """``[L + R * L_ref, 3]`` ids of target then references under the configured scheme."""
+        target = self._grid(self.options.height, self.options.width)
+        refs = [self._grid(*self.reference_hw)] * num_references
+        return torch.cat(
+            [
+                target_position_ids(*target),
+                reference_position_ids(self.options.scheme, target, refs),
+            ]
+        )
+
+    # ----- conditioning -------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def _text_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([B, T, D], [B, P])`` for ``prompts``, each distinct prompt encoded once ever."""
+        if self._text is None:
+            raise RuntimeError(
+                "this FluxPolicy was built without text encoders; use condition_from_embeddings()"
+            )
+        opts = self.options
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        disk = Path(opts.text_cache_dir).expanduser() if opts.text_cache_dir else None
+        fingerprint = self._text.fingerprint(self.source, opts.max_sequence_length)
+        to_encode = []
+        for p in missing:
+            hit = self._read_text_cache(disk, fingerprint, p) if disk else None
+            if hit is None:
+                to_encode.append(p)
+            else:
+                self._remember(p, hit)
+        if to_encode:
+            t5, pooled = self._text.encode(to_encode, opts.max_sequence_length)
+            for i, p in enumerate(to_encode):
+                item = (
+                    t5[i].to("cpu", self.dtype).clone(),
+                    pooled[i].to("cpu", self.dtype).clone(),
+                )
+                self._remember(p, item)
+                if disk:
+                    self._write_text_cache(disk, fingerprint, p, item)
+        rows = [self._text_cache[p] for p in prompts]
+        for p in prompts:
+            self._text_cache.move_to_end(p)
+        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+
+    def _remember(self, prompt: str, item: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self._text_cache[prompt] = item
+        while len(self._text_cache) > self.options.text_cache_size:
+            self._text_cache.popitem(last=False)
+
+    @staticmethod
+    def _cache_file(disk: Path, fingerprint: str, prompt: str) -> Path:
+        digest = hashlib.sha256(f"{fingerprint}|{prompt}".encode()).hexdigest()
+        return disk / fingerprint / f"{digest}.safetensors"
+
+    def _read_text_cache(self, disk: Path, fingerprint: str, prompt: str):
+        from safetensors.torch import load_file
+
+        file = self._cache_file(disk, fingerprint, prompt)
+        if not file.is_file():
+            return None
+        data = load_file(str(file))
+        return data["t5"].to(self.dtype), data["pooled"].to(self.dtype)
+
+    def _write_text_cache(self, disk: Path, fingerprint: str, prompt: str, item) -> None:
+        from safetensors.torch import save_file
+
+        file = self._cache_file(disk, fingerprint, prompt)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        save_file(
+            {"t5": item[0].contiguous(), "pooled": item[1].contiguous()},
+            str(tmp),
+            metadata={"prompt": prompt},
+        )
+        os.replace(tmp, file)  # atomic: concurrent writers of the same prompt cannot tear it
+
+    @torch.no_grad()
+    def encode_references(self, references: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``B`` tensors ``[R, 3, h, w]`` in [0, 1] -> packed latents ``[B, R * L_ref, C]``.
+
+        All ``B * R`` images go through the VAE in one pass (in ``vae_batch_size`` chunks).
+        """
+        if self.vae is None:
+            raise RuntimeError("this FluxPolicy was built without a VAE")
+        counts = {int(r.shape[0]) for r in references}
+        if len(counts) != 1 or 0 in counts:
+            raise ValueError(
+                f"every sample of a FLUX batch needs the same number (>= 1) of "
+                f"reference images, got {[int(r.shape[0]) for r in references]}"
+            )
+        num_refs = counts.pop()
+        size = self.reference_hw
+        pixels = torch.cat([resize_center_crop(r.float(), size) for r in references])
+        device = self._device()
+        cfg = self.vae.config
+        shift = cfg.shift_factor or 0.0
+        chunks = []
+        for start in range(0, pixels.shape[0], self.options.vae_batch_size):
+            x = pixels[start : start + self.options.vae_batch_size].to(device, self.vae.dtype)
+            z = self.vae.encode(2.0 * x - 1.0).latent_dist.mode()
+            chunks.append(pack_latents((z - shift) * cfg.scaling_factor))
+        packed = torch.cat(chunks)  # [B * R, L_ref, C]
+        return packed.reshape(len(references), num_refs * packed.shape[1], packed.shape[2])
+
+    def condition_from_embeddings(
+        self,
+        prompt_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        reference_latents: torch.Tensor,
+        num_references: int,
+    ) -> Condition:
+        """A :class:`Condition` from ready tensors: ``prompt_embeds [B, T, D]``,
+        ``pooled [B, P]``, packed ``reference_latents [B, R * L_ref, C]``."""
+        b = prompt_embeds.shape[0]
+        ids = self.position_ids(num_references)
+        if ids.shape[0] != self.latent_shape()[0] + reference_latents.shape[1]:
+            raise ValueError(
+                f"reference_latents has {reference_latents.shape[1]} tokens; "
+                f"{num_references} reference(s) of {self.reference_hw} need "
+                f"{ids.shape[0] - self.latent_shape()[0]}"
+            )
+        device = prompt_embeds.device
+        return Condition(
+            {
+                "prompt_embeds": prompt_embeds.to(self.dtype),
+                "pooled_prompt_embeds": pooled.to(self.dtype),
+                "reference_latents": reference_latents.to(self.dtype),
+                # ids are shared by the batch, but stored per row so select/cat/to keep them aligned
+                "img_ids": ids.to(device).unsqueeze(0).expand(b, -1, -1).contiguous(),
+            },
+            {"num_references": num_references},
+        )
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], references: Sequence[torch.Tensor]) -> Condition:
+        if len(prompts) != len(references):
+            raise ValueError(f"{len(prompts)} prompts for {len(references)} reference sets")
+        t5, pooled = self._text_embeddings(list(prompts))
+        refs = self.encode_references(references)
+        device = self._device()
+        return self.condition_from_embeddings(
+            t5.to(device), pooled.to(device), refs, int(references[0].shape[0])
+        )
+
+    # ----- the model ----------------------------------------------------------------------
+    def forward(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Velocity ``[B, L, C]`` (float32) for packed target latents ``[B, L, C]``."""
+        t = cond.tensors
+        b, length = latents.shape[:2]
+        if sigma.shape != (b,):
+            raise ValueError(f"sigma must have shape [{b}], got {list(sigma.shape)}")
+        hidden = torch.cat([latents.to(self.dtype), t["reference_latents"]], dim=1)
+        prompt = t["prompt_embeds"]
+        txt_ids = torch.zeros(prompt.shape[1], 3, device=latents.device, dtype=torch.float32)
+        guidance = None
+        if self.denoiser.config.guidance_embeds:
+            guidance = torch.full((b,), self.options.guidance, device=latents.device)
+        out = self.denoiser(
+            hidden_states=hidden,
+            encoder_hidden_states=prompt,
+            pooled_projections=t["pooled_prompt_embeds"],
+            timestep=sigma.to(latents.device),
+            img_ids=t["img_ids"][0],
+            txt_ids=txt_ids,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return out[:, :length].float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` float32 in [0, 1] (as FluxPipeline's ``output_type="pt"``)."""
+        if self.vae is None:
+            raise RuntimeError("this FluxPolicy was built without a VAE")
+        from diffusers import FluxPipeline
+
+        cfg = self.vae.config
+        z = FluxPipeline._unpack_latents(
+            latents, self.options.height, self.options.width, self.vae_scale_factor
+        )
+        z = z / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+        images = []
+        for start in range(0, z.shape[0], self.options.vae_batch_size):
+            chunk = z[start : start + self.options.vae_batch_size].to(self.vae.dtype)
+            images.append(self.vae.decode(chunk, return_dict=False)[0].float())
+        return (torch.cat(images) / 2 + 0.5).clamp(0.0, 1.0)
+
+    # ----- adapters -----------------------------------------------------------------------
+    def save_adapter(self, directory: str | Path) -> None:
+        """Write ``adapter.safetensors`` in diffusers' LoRA format (keys ``transformer.*`` plus
+        the peft config as metadata), so that ``FluxKontextPipeline`` (``FluxPipeline`` for
+        UNO) ``.load_lora_weights(directory)`` loads it as well as :meth:`load_adapter`."""
+        config = getattr(self, "_lora_config", None)
+        if config is None:
+            raise RuntimeError("no LoRA adapter to save; call add_lora() first")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _pipeline_class(self.options.variant).save_lora_weights(
+            directory,
+            transformer_lora_layers=self.adapter_state_dict(),
+            weight_name="adapter.safetensors",
+            transformer_lora_adapter_metadata=config.to_dict(),
+        )
+
+    def load_adapter(self, directory: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(directory) / "adapter.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"no adapter at {path}")
+        state = load_file(str(path))
+        self.load_adapter_state_dict({k.removeprefix("transformer."): v for k, v in state.items()})
+
+
+@POLICIES.register("flux")
+def _build_flux(options: dict[str, Any], device: torch.device, dtype: torch.dtype) -> FluxPolicy:
+    """Registry entry. FLUX weights use ``model.options.dtype`` (bf16 by default); the
+    generic ``dtype`` argument is not used by this backend."""
+    del dtype
+    return FluxPolicy.from_pretrained(parse(FluxOptions, options, "model.options"), device)
+
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "FluxOptions",
+    "FluxPolicy",
+    "ID_SCHEMES",
+    "KONTEXT_LORA_TARGETS",
+    "MODEL_PARTS",
+    "VARIANTS",
+    "check_model_dir",
+    "fuse_xlabs_lora",
+    "pack_latents",
+    "reference_position_ids",
+    "resize_center_crop",
+    "target_position_ids",
+]
