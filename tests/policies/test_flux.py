@@ -361,3 +361,33 @@ def test_resize_center_crop_covers_then_crops_the_middle():
     assert out[..., 2:-2].min() > 0.99  # the kept centre comes from the white band
     same = torch.rand(2, 3, 16, 16)
     assert resize_center_crop(same, (16, 16)) is same
+
+
+@pytest.mark.parametrize(
+    "name,variant,scheme", [("flux-kontext", "kontext", "kontext"), ("flux-uno", "uno", "d")]
+)
+def test_flux_presets_load_and_carry_the_paper_settings(name, variant, scheme):
+    from pathlib import Path
+
+    from cgrpo.config import parse
+    from cgrpo.config.train import load_config
+    from cgrpo.policies.flux import FluxOptions
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    opts = parse(FluxOptions, cfg.model.options, "model.options")
+    assert (opts.variant, opts.scheme, opts.height, opts.guidance) == (variant, scheme, 512, 3.5)
+    assert cfg.model.backend == "flux" and cfg.model.lora.rank == 512
+    s, t = cfg.sampling, cfg.train
+    assert (s.num_steps, s.shift, s.noise_level, s.sde_kind, s.group_size) == (
+        25,
+        3.0,
+        0.4,
+        "dance",
+        12,
+    )
+    assert (t.lr, t.weight_decay, t.grad_clip, t.timestep_fraction) == (2e-5, 1e-4, 1.0, 0.6)
+    assert (cfg.advantage.strategy, cfg.advantage.schedule) == ("sars", "tdw")
+    assert {(r.name, r.role) for r in cfg.rewards} == {
+        ("hpsv3", "prompt"),
+        ("dino-seg", "identity"),
+    }
