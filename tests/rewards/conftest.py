@@ -133,3 +133,99 @@ def dreambench_image(subject: str = "dog", index: int = 0) -> torch.Tensor | Non
         return None
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     return load_image(files[index]) if len(files) > index else None
+
+
+QWEN_SPECIALS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+def qwen_tokenizer():
+    """A Qwen2 byte-level tokenizer without merges plus Qwen2-VL's special tokens (offline)."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    return tok
+
+
+def tiny_qwen2vl_config(vocab_size: int, ids: dict[str, int]):
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=8192,
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+            rope_parameters={
+                "rope_type": "default",
+                "mrope_section": [2, 3, 3],
+                "rope_theta": 10000.0,
+            },
+        ),
+        vision_config=dict(
+            depth=1,
+            embed_dim=16,
+            hidden_size=32,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_hpsv3(tmp_path_factory) -> tuple[Path, Path]:
+    """(base model dir, HPSv3-style checkpoint written with the official key names)."""
+    from safetensors.torch import save_file
+
+    from cgrpo.rewards.hpsv3 import HPSv3Model, official_key_names
+
+    d = tmp_path_factory.mktemp("qwen2vl")
+    tok = qwen_tokenizer()
+    tok.save_pretrained(d)
+    ids = dict(
+        zip(
+            ["<|endoftext|>"] + QWEN_SPECIALS,
+            tok.convert_tokens_to_ids(["<|endoftext|>"] + QWEN_SPECIALS),
+        )
+    )
+    tiny_qwen2vl_config(len(tok), ids).save_pretrained(d)
+    torch.manual_seed(0)
+    model = HPSv3Model(tiny_qwen2vl_config(len(tok) + 1, ids))  # + <|Reward|>, as HPSv3 resizes
+    with torch.no_grad():  # a random head on a random model scores ~0: spread the outputs
+        for p in model.rank_head.parameters():
+            p.normal_(0, 0.5)
+    ours = model.state_dict()
+    state = {k: v.contiguous() for k, v in zip(official_key_names(list(ours)), ours.values())}
+    state["lm_head.weight"] = torch.randn(len(tok) + 1, 32)
+    ckpt = d / "HPSv3.safetensors"
+    save_file(state, str(ckpt))
+    return d, ckpt
