@@ -281,7 +281,7 @@ def load_dreambench(
         reference: ``first`` | ``index:N`` | ``protocol:FILE`` (see the module docstring).
         unique_token: the ``{0}`` token (empty for zero-shot models; ``sks`` for DreamBooth).
     """
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().resolve()
     if not (root / PROMPTS_FILE).is_file():
         raise FileNotFoundError(f"not a DreamBench folder: {root} has no {PROMPTS_FILE}")
     classes, object_templates, live_templates = parse_prompts_and_classes(root / PROMPTS_FILE)

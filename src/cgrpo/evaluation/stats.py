@@ -44,20 +44,36 @@ class Estimate:
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready (NaN becomes null, so the file stays strict JSON)."""
+
+        def clean(v: float) -> float | None:
+            return None if math.isnan(v) else v
+
         return {
-            "mean": self.mean,
-            "low": self.low,
-            "high": self.high,
+            "mean": clean(self.mean),
+            "low": clean(self.low),
+            "high": clean(self.high),
             "n": self.n,
             "confidence": self.confidence,
         }
 
-    def format(self, digits: int = 4) -> str:
-        """``0.7123 [0.7011, 0.7230]``; NaN-safe."""
+    def format(self, digits: int | None = None) -> str:
+        """``0.7123 [0.7011, 0.7230]``; ``digits`` None picks them from the magnitude."""
         if math.isnan(self.mean):
             return "n/a"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        d = auto_digits(self.mean) if digits is None else digits
+        return f"{self.mean:.{d}f} [{self.low:.{d}f}, {self.high:.{d}f}]"
+
+
+def auto_digits(value: float) -> int:
+    """Decimals that show a score's meaningful digits: 2 for 10-100 scales, 4 below 1."""
+    magnitude = abs(value)
+    if magnitude >= 10:
+        return 2
+    if magnitude >= 1:
+        return 3
+    return 4
 
 
 def _as_vector(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
@@ -137,6 +153,7 @@ __all__ = [
     "DEFAULT_CONFIDENCE",
     "DEFAULT_RESAMPLES",
     "Estimate",
+    "auto_digits",
     "bootstrap_ci",
     "bootstrap_means",
     "paired_bootstrap_ci",

@@ -1,0 +1,195 @@
+"""toybench: the toy world's DreamBench, plus two HELD-OUT measures from ground truth.
+
+Items are the world's held-out identities x its 25 fixed prompts
+(:func:`cgrpo.world.toybench`), with the reference shot, its exact mask, and the dataset's
+metadata (``identity``, ``scene``, ``requested``, ``attributes``, ``kind``) that the toy
+rewards read.
+
+The training rewards (``toy-id``, ``toy-prompt``) are learned/feature scores. To check
+that training improved the images and not just those scores, toybench adds two measures
+that no reward optimises, both computed from the world's pixel-exact ground truth of the
+*requested* scene (identity with the prompt's overrides, background, position, size):
+
+* ``gt-colour`` -- colour fidelity where the subject must be. Take the ground-truth
+  subject mask of the requested scene (eroded by one pixel, so jitter and the dark outline
+  do not count); classify every generated pixel there to the nearest of the world's 10
+  named colours; the score is the share of pixels whose colour is one of the two colours
+  of the requested palette. 1 = the right colours in the right place; a subject drawn
+  elsewhere or in the wrong colours scores low.
+* ``gt-scene`` -- coarse agreement with the requested scene. Both the generated image and
+  the mean of ``renders`` ground-truth renders (random jitter averaged out) are
+  area-averaged to 8 x 8; the score is ``1 - mean |difference|`` in [0, 1]. It rewards the
+  right background, position and size as much as the subject.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from cgrpo.evaluation.harness import EvalItem
+from cgrpo.rewards.base import Reward, ScoreRequest
+
+HELDOUT_METRICS = ("gt-colour", "gt-scene")
+
+
+def _world_and_scene(world: Any, meta: dict[str, Any]):
+    from cgrpo.world.core import Scene
+
+    if "identity" not in meta or "scene" not in meta:
+        raise ValueError(
+            "toybench held-out measures need metadata 'identity' and 'scene' "
+            "(items from cgrpo.evaluation.toybench.toybench_items)"
+        )
+    s = meta["scene"]
+    scene = Scene(
+        kind=s["kind"],
+        background=s["background"],
+        position=s["position"],
+        size=s["size"],
+        overrides=tuple(dict(s["overrides"]).items()),
+        prompt=s["prompt"],
+    )
+    return world.identity(meta["identity"]), scene
+
+
+def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``[3, H, W]`` -> ``[3, size, size]`` (area average; images may differ from the world size)."""
+    if image.shape[-1] == size and image.shape[-2] == size:
+        return image
+    return torch.nn.functional.interpolate(image[None], size=(size, size), mode="area")[0]
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    p = np.pad(mask, 1, constant_values=False)
+    return mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+
+
+class GroundTruthColour(Reward):
+    """``gt-colour``: share of requested-subject pixels in the requested palette's colours."""
+
+    name = "gt-colour"
+    columns = ("gt-colour",)
+
+    def __init__(self, world: Any) -> None:
+        super().__init__()
+        from cgrpo.world.vocab import COLOURS, PALETTE_SECONDARY
+
+        self.world = world
+        self._names = list(COLOURS)
+        self._colours = torch.tensor([COLOURS[n] for n in self._names], dtype=torch.float32) / 255
+        self._secondary = dict(PALETTE_SECONDARY)
+
+    def score_one(self, image: torch.Tensor, meta: dict[str, Any]) -> float:
+        """``image`` ``[3, H, W]`` in [0, 1] -> score in [0, 1]."""
+        ident, scene = _world_and_scene(self.world, meta)
+        truth = self.world.render(ident, scene, np.random.default_rng(0))
+        region = _erode(truth.mask)
+        if not region.any():
+            region = truth.mask
+        palette = truth.attributes["palette"]
+        wanted = {self._names.index(palette), self._names.index(self._secondary[palette])}
+        pixels = _resize(image.float().cpu(), self.world.size).permute(1, 2, 0)[
+            torch.from_numpy(region)
+        ]
+        nearest = torch.cdist(pixels, self._colours).argmin(dim=1)
+        hits = sum(int((nearest == k).sum()) for k in wanted)
+        return hits / max(1, pixels.shape[0])
+
+    def _score(self, request: ScoreRequest) -> dict[str, torch.Tensor]:
+        return {
+            "gt-colour": torch.tensor(
+                [self.score_one(img, meta) for img, meta in zip(request.images, request.metadata)]
+            )
+        }
+
+
+class GroundTruthScene(Reward):
+    """``gt-scene``: ``1 - mean |image - mean ground-truth render|`` at 8 x 8."""
+
+    name = "gt-scene"
+    columns = ("gt-scene",)
+
+    def __init__(self, world: Any, renders: int = 4, grid: int = 8) -> None:
+        super().__init__()
+        self.world, self.renders, self.grid = world, renders, grid
+
+    def expected(self, meta: dict[str, Any]) -> torch.Tensor:
+        """The mean ground-truth render of the requested scene, ``[3, grid, grid]``."""
+        ident, scene = _world_and_scene(self.world, meta)
+        renders = [
+            self.world.render(ident, scene, np.random.default_rng(k)).image
+            for k in range(self.renders)
+        ]
+        mean = torch.from_numpy(np.mean(renders, axis=0)).permute(2, 0, 1).float() / 255
+        return _resize(mean, self.grid)
+
+    def score_one(self, image: torch.Tensor, meta: dict[str, Any]) -> float:
+        small = _resize(image.float().cpu(), self.grid)
+        return float(1.0 - (small - self.expected(meta)).abs().mean())
+
+    def _score(self, request: ScoreRequest) -> dict[str, torch.Tensor]:
+        return {
+            "gt-scene": torch.tensor(
+                [self.score_one(img, meta) for img, meta in zip(request.images, request.metadata)]
+            )
+        }
+
+
+def heldout_metric(name: str, world: Any) -> Reward:
+    """Build one of :data:`HELDOUT_METRICS` for ``world``."""
+    if name == "gt-colour":
+        return GroundTruthColour(world)
+    if name == "gt-scene":
+        return GroundTruthScene(world)
+    raise ValueError(
+        f"unknown toybench held-out metric {name!r}; choose one of {', '.join(HELDOUT_METRICS)}"
+    )
+
+
+def toybench_items(data_options: dict[str, Any] | None = None) -> tuple[list[EvalItem], Any]:
+    """toybench as :class:`EvalItem` s, and the world they come from.
+
+    ``data_options`` are the ``toyworld`` dataset options of a training config (``size``,
+    ``seed``; sampling options are ignored): the same world, so the held-out identities
+    are those the run never trained on.
+    """
+    from cgrpo.world.bench import toybench
+    from cgrpo.world.core import KINDS
+    from cgrpo.world.dataset import build_toyworld
+
+    options = {k: v for k, v in dict(data_options or {}).items() if k in ("size", "seed")}
+    dataset = build_toyworld({**options, "source": "toybench", "kinds": list(KINDS)}, "heldout")
+    bench = toybench(dataset.world)
+    if len(bench) != len(dataset):
+        raise RuntimeError(f"toybench has {len(bench)} items but the dataset {len(dataset)}")
+    items = []
+    for i, case in enumerate(bench):
+        example = dataset[i]
+        subject = case.identity.key
+        items.append(
+            EvalItem(
+                index=i,
+                key=f"{subject}/{case.prompt_index:02d}",
+                subject=subject,
+                prompt_index=case.prompt_index,
+                prompt=example.prompt,
+                kind=case.kind,
+                references=example.references,
+                reference_masks=example.reference_masks,
+                metadata=dict(example.metadata),
+                reference_label=f"toyworld:{subject}",
+            )
+        )
+    return items, dataset.world
+
+
+__all__ = [
+    "HELDOUT_METRICS",
+    "GroundTruthColour",
+    "GroundTruthScene",
+    "heldout_metric",
+    "toybench_items",
+]
