@@ -235,10 +235,10 @@ def decode_png(data: bytes, mode: str = "RGB", what: str = "image") -> torch.Ten
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert(mode))
+            arr = np.array(im.convert(mode))
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{what} is not a readable image: {e}") from None
-    t = torch.from_numpy(np.ascontiguousarray(arr)).float().div(255)
+    t = torch.from_numpy(arr).float().div(255)
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
 
