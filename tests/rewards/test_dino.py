@@ -210,3 +210,16 @@ def test_fill_keeps_subject_pixels_exactly():
     out = fill_background(img, mask, "black")
     assert torch.equal(out[:, :, :6], img[:, :, :6]) and out[:, :, 6:].abs().max() == 0
     assert np.allclose(to_uint8_array(out)[:, 6:], 0)
+
+
+def test_to_and_offload_move_the_model(dino, make_images):
+    moved = []
+    hook = dino.model.register_forward_pre_hook(
+        lambda m, a, kw: moved.append(kw["pixel_values"].device.type), with_kwargs=True
+    )
+    dino.to("cpu")
+    dino.score(request_for(make_images(1, 32, 32), [make_images(1, 32, 32, seed=1)]))
+    hook.remove()
+    dino.offload()
+    assert moved == ["cpu"] and dino.device.type == "cpu"
+    assert {p.device.type for p in dino.model.parameters()} == {"cpu"}
