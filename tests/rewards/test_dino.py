@@ -147,6 +147,19 @@ def test_background_difference_recovers_subject_on_plain_backdrop():
     assert iou > 0.95
 
 
+def test_background_difference_handles_a_two_colour_scene():
+    g = torch.Generator().manual_seed(1)
+    img = torch.empty(1, 3, 120, 160)
+    img[0, :, :60] = torch.tensor([0.55, 0.75, 0.95]).view(3, 1, 1)  # sky
+    img[0, :, 60:] = torch.tensor([0.45, 0.3, 0.15]).view(3, 1, 1)  # floor
+    img += 0.03 * torch.randn(img.shape, generator=g)
+    img[0, :, 40:90, 60:110] = torch.tensor([0.9, 0.1, 0.5]).view(3, 1, 1)  # subject
+    mask = BackgroundDifference()(img.clamp(0, 1))
+    truth = torch.zeros(1, 1, 120, 160)
+    truth[..., 40:90, 60:110] = 1
+    assert (mask * truth).sum() / ((mask + truth) > 0).sum() > 0.9
+
+
 def test_background_difference_keeps_everything_when_it_cannot_split():
     flat = torch.full((1, 3, 40, 40), 0.5)
     assert BackgroundDifference()(flat).min() == 1.0
