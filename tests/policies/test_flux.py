@@ -101,6 +101,18 @@ def test_batched_encode_equals_one_by_one_and_caches_prompts():
     assert both.tensors["img_ids"].shape == (2, 32, 3)
 
 
+def test_text_cache_is_bounded_and_a_batch_larger_than_it_still_works():
+    policy = tiny_policy(text_cache_size=1)
+    calls = []
+    encode = policy._text.encode
+    policy._text.encode = lambda prompts, n: calls.append(list(prompts)) or encode(prompts, n)
+    cond = policy.encode(["a", "b", "a"], [_reference(n=1)] * 3)
+    assert torch.equal(cond.tensors["prompt_embeds"][0], cond.tensors["prompt_embeds"][2])
+    policy.encode(["b"], [_reference()])
+    policy.encode(["a"], [_reference()])
+    assert calls == [["a", "b"], ["a"]] and list(policy._text_cache) == ["a"]
+
+
 def test_disk_text_cache_is_reused(tmp_path):
     comps = tiny_components()
     first = tiny_policy(comps, text_cache_dir=str(tmp_path))

@@ -502,15 +502,22 @@ class FluxPolicy(Policy):
                 "this FluxPolicy was built without text encoders; use condition_from_embeddings()"
             )
         opts = self.options
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for p in dict.fromkeys(prompts):
+            if p in self._text_cache:
+                self._text_cache.move_to_end(p)
+                found[p] = self._text_cache[p]
         disk = Path(opts.text_cache_dir).expanduser() if opts.text_cache_dir else None
         fingerprint = self._text.fingerprint(self.source, opts.max_sequence_length)
         to_encode = []
-        for p in missing:
+        for p in dict.fromkeys(prompts):
+            if p in found:
+                continue
             hit = self._read_text_cache(disk, fingerprint, p) if disk else None
             if hit is None:
                 to_encode.append(p)
             else:
+                found[p] = hit
                 self._remember(p, hit)
         if to_encode:
             t5, pooled = self._text.encode(to_encode, opts.max_sequence_length)
@@ -519,12 +526,11 @@ class FluxPolicy(Policy):
                     t5[i].to("cpu", self.dtype).clone(),
                     pooled[i].to("cpu", self.dtype).clone(),
                 )
+                found[p] = item
                 self._remember(p, item)
                 if disk:
                     self._write_text_cache(disk, fingerprint, p, item)
-        rows = [self._text_cache[p] for p in prompts]
-        for p in prompts:
-            self._text_cache.move_to_end(p)
+        rows = [found[p] for p in prompts]  # not the LRU: a large batch may evict its own rows
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
     def _remember(self, prompt: str, item: tuple[torch.Tensor, torch.Tensor]) -> None:
