@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -155,8 +156,6 @@ def resize_for_qwen(
     pil = Image.fromarray(to_uint8_array(image))
     if (th, tw) != (h, w):
         pil = pil.resize((tw, th), Image.Resampling.BICUBIC)
-    import numpy as np
-
     return torch.from_numpy(np.array(pil)).permute(2, 0, 1).float().div(255)
 
 
