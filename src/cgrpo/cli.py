@@ -156,6 +156,16 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve_reward(sub: argparse._SubParsersAction) -> None:
+    from cgrpo.rewards import server
+
+    p = sub.add_parser("serve-reward", help="serve a registered reward over HTTP (JSON + PNG)",
+                       description="Serve any registered reward on 127.0.0.1 (by default) so "
+                       "that training can use it out of process through the `remote` reward.")
+    server.add_arguments(p)
+    p.set_defaults(func=server.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgrpo",
@@ -168,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_config(sub)
+    _add_serve_reward(sub)
     return parser
 
 

@@ -142,6 +142,10 @@ def build_reward(name: str, options: dict[str, Any] | None = None,
     """Construct the reward registered as ``name`` (imports the built-in rewards first)."""
     import cgrpo.rewards  # noqa: F401  (registers the built-in rewards)
 
+    if name.startswith("python:"):
+        from cgrpo.rewards.custom import resolve_custom
+
+        return resolve_custom(name, dict(options or {}), context or RewardContext())
     factory = REWARDS.get(name)
     return factory(dict(options or {}), context or RewardContext())
 
