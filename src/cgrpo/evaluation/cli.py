@@ -218,36 +218,39 @@ def _metric_options(path: Path | None) -> dict[str, dict[str, Any]]:
     return {str(k): dict(v or {}) for k, v in data.items()}
 
 
-def dreambench_items(bench: Any) -> list[Any]:
+def dreambench_items(bench: Any, subjects: set[str] | None = None) -> list[Any]:
     """The pairs of a :class:`~cgrpo.evaluation.dreambench.DreamBench` as ``EvalItem`` s.
 
-    References are loaded once per distinct file; several references of one pair are
-    resized to the first one's size so they stack into ``[R, 3, h, w]``.
+    ``subjects`` keeps only those (each item keeps its index in the full benchmark, so its
+    noise seed does not change). Pairs with the same reference files share one tensor;
+    several references of one pair are resized to the first one's size so they stack.
     """
     import torch
 
     from cgrpo.data.base import load_image
     from cgrpo.evaluation.harness import EvalItem
 
-    cache: dict[Path, torch.Tensor] = {}
+    stacks: dict[tuple[Path, ...], torch.Tensor] = {}
 
-    def load(path: Path) -> torch.Tensor:
-        if path not in cache:
-            cache[path] = load_image(path, "DreamBench reference image")
-        return cache[path]
+    def references(paths: tuple[Path, ...]) -> torch.Tensor:
+        if paths not in stacks:
+            refs = [load_image(p, "DreamBench reference image") for p in paths]
+            size = tuple(refs[0].shape[1:])
+            refs = [
+                r
+                if tuple(r.shape[1:]) == size
+                else torch.nn.functional.interpolate(
+                    r[None], size=size, mode="bilinear", antialias=True
+                )[0]
+                for r in refs
+            ]
+            stacks[paths] = torch.stack(refs)
+        return stacks[paths]
 
     items = []
     for i, pair in enumerate(bench.pairs):
-        refs = [load(p) for p in pair.references]
-        size = tuple(refs[0].shape[1:])
-        refs = [
-            r
-            if tuple(r.shape[1:]) == size
-            else torch.nn.functional.interpolate(
-                r[None], size=size, mode="bilinear", antialias=True
-            )[0]
-            for r in refs
-        ]
+        if subjects is not None and pair.subject not in subjects:
+            continue
         items.append(
             EvalItem(
                 index=i,
@@ -256,7 +259,7 @@ def dreambench_items(bench: Any) -> list[Any]:
                 prompt_index=pair.prompt_index,
                 prompt=pair.prompt,
                 kind=pair.kind,
-                references=torch.stack(refs),
+                references=references(pair.references),
                 metadata={
                     "subject": pair.subject,
                     "class_noun": pair.class_noun,
@@ -269,8 +272,9 @@ def dreambench_items(bench: Any) -> list[Any]:
     return items
 
 
-def _filter_subjects(items: list[Any], args: argparse.Namespace) -> list[Any]:
-    subjects = list(dict.fromkeys(it.subject for it in items))
+def _select_subjects(available: list[str], args: argparse.Namespace) -> set[str]:
+    """The subjects ``--subjects`` / ``--max-subjects`` keep, in benchmark order."""
+    subjects = list(available)
     if args.subjects:
         wanted = [s.strip() for s in args.subjects.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in subjects]
@@ -284,8 +288,7 @@ def _filter_subjects(items: list[Any], args: argparse.Namespace) -> list[Any]:
     if args.max_subjects is not None:
         _positive(args.max_subjects, "--max-subjects")
         subjects = subjects[: args.max_subjects]
-    keep = set(subjects)
-    return [it for it in items if it.subject in keep]
+    return set(subjects)
 
 
 def _check_meta(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -363,7 +366,8 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ConfigError(
                 "--data/--reference", f"{args.data} {args.reference}", str(e)
             ) from None
-        items = dreambench_items(bench)
+        keep = _select_subjects(list(bench.subjects), args)
+        items = dreambench_items(bench, keep)
         meta.update(data=str(bench.root), reference=args.reference, unique_token=args.unique_token)
         default_metrics = list(DREAMBENCH_METRICS)
     else:
@@ -373,10 +377,11 @@ def run_eval(args: argparse.Namespace) -> int:
         if config is not None and config.data.name == "toyworld":
             data_options = dict(config.data.options)
         items, world = toybench_items(data_options)
+        keep = _select_subjects(list(dict.fromkeys(it.subject for it in items)), args)
+        items = [it for it in items if it.subject in keep]
         meta["world"] = {"size": world.size, "seed": world.seed}
         names = [r.name for r in config.rewards] if config is not None else []
         default_metrics = list(dict.fromkeys(names)) + list(HELDOUT_METRICS)
-    items = _filter_subjects(items, args)
     metrics = (
         [m.strip() for m in args.metrics.split(",") if m.strip()]
         if args.metrics

@@ -149,9 +149,12 @@ def render_report(
     cards = []
     for i, r in enumerate(runs):
         color = PALETTE[i % len(PALETTE)]
+        details = " · ".join(
+            x for x in (f"{r.summary.n_records} images", _settings_line(r.meta)) if x
+        )
         cards.append(
             f"<div class='run' style='border-left-color: {color}'><b>{escape(r.label)}"
-            f"</b><br>{r.summary.n_records} images · {_settings_line(r.meta)}</div>"
+            f"</b><br>{details}</div>"
         )
     body.append(
         "<section><h2>Overall</h2><div class='runs'>"
@@ -179,7 +182,9 @@ def render_report(
         plotted = [(r.label, r.summary.overall) for r in runs]
         if len(runs) == 1:
             plotted += list(runs[0].summary.by_kind.items())
-        right = "<h2>Plotted values</h2>" + _table(plotted, list(axes), "", heat=len(plotted) > 1)
+        right = "<h2>Plotted values</h2>" + _table(
+            plotted, list(axes), "run", heat=len(plotted) > 1
+        )
     body.append(
         f"<section><div class='grid2'><div><h2>Trade-off</h2>{left}</div>"
         f"<div>{right}</div></div></section>"

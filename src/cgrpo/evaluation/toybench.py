@@ -10,12 +10,13 @@ that training improved the images and not just those scores, toybench adds two m
 that no reward optimises, both computed from the world's pixel-exact ground truth of the
 *requested* scene (identity with the prompt's overrides, background, position, size):
 
-* ``gt-colour`` -- colour fidelity where the subject must be. Take the ground-truth
-  subject mask of the requested scene (eroded by one pixel, so jitter and the dark outline
-  do not count); classify every generated pixel there to the nearest of the world's 10
-  named colours; the score is the share of pixels whose colour is one of the two colours
-  of the requested palette. 1 = the right colours in the right place; a subject drawn
-  elsewhere or in the wrong colours scores low.
+* ``gt-colour`` -- colour fidelity where the subject must be. Take the pixels that are
+  subject in all of 4 jittered ground-truth renders of the requested scene, eroded by one
+  pixel (so jitter and the dark outline do not count); classify every generated pixel
+  there to the nearest of the world's 10 named colours or 3 neutral greys; the score is
+  the share of pixels whose colour is one of the two colours of the requested palette
+  (identity palette, or the prompt's colour for "a red ..."). 1 = the right colours in the
+  right place; a subject drawn elsewhere, in the wrong colours or washed out scores low.
 * ``gt-scene`` -- coarse agreement with the requested scene. Both the generated image and
   the mean of ``renders`` ground-truth renders (random jitter averaged out) are
   area-averaged to 8 x 8; the score is ``1 - mean |difference|`` in [0, 1]. It rewards the
@@ -67,36 +68,46 @@ def _erode(mask: np.ndarray) -> np.ndarray:
     return mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
 
 
+NEUTRALS = {"grey-dark": (64, 64, 64), "grey": (128, 128, 128), "grey-light": (190, 190, 190)}
+"""Colour classes that never count as a hit, so grey backdrops and washed-out images score 0."""
+
+
 class GroundTruthColour(Reward):
     """``gt-colour``: share of requested-subject pixels in the requested palette's colours."""
 
     name = "gt-colour"
     columns = ("gt-colour",)
 
-    def __init__(self, world: Any) -> None:
+    def __init__(self, world: Any, renders: int = 4) -> None:
         super().__init__()
         from cgrpo.world.vocab import COLOURS, PALETTE_SECONDARY
 
-        self.world = world
-        self._names = list(COLOURS)
-        self._colours = torch.tensor([COLOURS[n] for n in self._names], dtype=torch.float32) / 255
+        self.world, self.renders = world, renders
+        table = {**COLOURS, **NEUTRALS}
+        self._names = list(table)
+        self._colours = torch.tensor([table[n] for n in self._names], dtype=torch.float32) / 255
         self._secondary = dict(PALETTE_SECONDARY)
+
+    def region(self, meta: dict[str, Any]) -> tuple[np.ndarray, str]:
+        """Pixels that are subject in every jittered ground-truth render, and the palette."""
+        ident, scene = _world_and_scene(self.world, meta)
+        truths = [
+            self.world.render(ident, scene, np.random.default_rng(k)) for k in range(self.renders)
+        ]
+        core = np.logical_and.reduce([t.mask for t in truths])
+        region = _erode(core)
+        return (region if region.any() else core), truths[0].attributes["palette"]
 
     def score_one(self, image: torch.Tensor, meta: dict[str, Any]) -> float:
         """``image`` ``[3, H, W]`` in [0, 1] -> score in [0, 1]."""
-        ident, scene = _world_and_scene(self.world, meta)
-        truth = self.world.render(ident, scene, np.random.default_rng(0))
-        region = _erode(truth.mask)
-        if not region.any():
-            region = truth.mask
-        palette = truth.attributes["palette"]
+        region, palette = self.region(meta)
         wanted = {self._names.index(palette), self._names.index(self._secondary[palette])}
-        pixels = _resize(image.float().cpu(), self.world.size).permute(1, 2, 0)[
-            torch.from_numpy(region)
-        ]
+        small = _resize(image.float().cpu(), self.world.size).permute(1, 2, 0)
+        pixels = small[torch.from_numpy(region)]
+        if pixels.shape[0] == 0:
+            return 0.0
         nearest = torch.cdist(pixels, self._colours).argmin(dim=1)
-        hits = sum(int((nearest == k).sum()) for k in wanted)
-        return hits / max(1, pixels.shape[0])
+        return sum(int((nearest == k).sum()) for k in wanted) / pixels.shape[0]
 
     def _score(self, request: ScoreRequest) -> dict[str, torch.Tensor]:
         return {
