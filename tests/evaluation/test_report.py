@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
-import subprocess
 
 import pytest
 import torch
@@ -159,28 +157,19 @@ def test_compare_command_prints_paired_deltas(two_runs, tmp_path, capsys):
     assert deltas["dino-seg"]["delta_n"] == 6 and deltas["dino-seg"]["significant"]
 
 
-def test_report_renders_in_headless_chromium(two_runs, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+def test_report_renders_in_headless_chromium(two_runs, tmp_path, capsys):
+    from cgrpo.evaluation.screenshot import find_chromium
+
+    if find_chromium() is None:
         pytest.skip("chromium not installed (scripts/install_chromium.sh installs it)")
-    build_report([load_run(p) for p in two_runs], tmp_path / "rep")
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
     shot = tmp_path / "shot.png"
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,900",
-        (tmp_path / "rep" / "report.html").resolve().as_uri(),
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    args = parser.parse_args(
+        [*map(str, two_runs), "--out", str(tmp_path / "rep"), "--screenshot", str(shot)]
+    )
+    assert run_report(args) == 0
+    assert f"screenshot: {shot}" in capsys.readouterr().out
     with Image.open(shot) as im:
         assert im.size == (1200, 900)
         rgb = im.convert("RGB")

@@ -506,6 +506,13 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
         help="report folder (default: the evaluation folder for one RUN; 'report' for several)",
     )
     parser.add_argument("--title", help="report title")
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        metavar="FILE.png",
+        help="also save a 1200x900 screenshot of report.html (needs chromium; "
+        "see scripts/install_chromium.sh)",
+    )
     _add_report_options(parser)
 
 
@@ -544,6 +551,11 @@ def _report(
         metrics = list(dict.fromkeys(m for r in runs for m in r.metrics))
         print(comparison_markdown(runs, metrics))
     print(f"\nreport: {files['html']}")
+    shot = getattr(args, "screenshot", None)
+    if shot is not None:
+        from cgrpo.evaluation.screenshot import screenshot
+
+        print(f"screenshot: {screenshot(files['html'], shot)}")
     return 0
 
 
