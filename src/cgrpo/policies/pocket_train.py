@@ -1,0 +1,488 @@
+"""Pretraining recipe of the pocket generator on the toy subject world.
+
+    python -m cgrpo.policies.pocket_train --out src/cgrpo/assets/pocket.safetensors \
+        [--steps 3000 --seed 0 --grid /tmp/pocket.png]
+
+Each step draws (reference, prompt, target) triplets of *training* identities
+(:func:`cgrpo.world.pair_batch`): the reference is the identity's neutral shot, the target
+the same identity rendered in the prompt's scene. The loss is plain flow matching,
+``|| v(x_s, s | prompt, reference) - (noise - x0) ||^2`` with ``x_s = (1-s) x0 + s noise``
+and ``s`` drawn logit-normal (or uniform).
+
+The base model is meant to behave like real subject-driven generators: it copies identity
+well and follows property-modification prompts ("a red ball") poorly, which leaves the RL
+stage something to fix. So training is almost only recontextualisation (background, position,
+size): property-modification prompts make up ``property_fraction`` = 5% of the pairs by
+default, and when they appear their target still shows the requested change, so the model
+has seen the words without being drilled on them.
+
+Outputs: the weights (fp16 safetensors, architecture in the metadata) and a JSON sidecar
+``<out>.json`` with the recipe, timing and measured quality: the flow-matching loss on
+held-out identities (split by prompt kind) and, when the toy rewards are installed, the
+``toy-id`` / ``toy-prompt`` means of deterministic Euler samples on toybench (held-out
+identities x 25 prompts), split by prompt kind. Quality is measured on the weights as
+saved (fp16, reloaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+import typing
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cgrpo.config import ConfigError, describe, option, parse, to_dict
+from cgrpo.policies.pocket import ASSET_PATH, PocketPolicy, build_pocket, save_pocket_weights
+
+__all__ = [
+    "PretrainOptions",
+    "flow_matching_loss",
+    "heldout_loss",
+    "lr_factor",
+    "main",
+    "pretrain",
+    "sample_sigmas",
+    "sample_quality",
+    "training_progress",
+]
+
+
+@dataclass
+class PretrainOptions:
+    """Options of ``python -m cgrpo.policies.pocket_train`` (flags: ``--steps``, ...)."""
+
+    out: str = option(
+        str(ASSET_PATH), "where to write the weights; the JSON sidecar goes next to it"
+    )
+    steps: int = option(3000, "optimizer steps", min=1)
+    batch_size: int = option(32, "triplets per step", min=1)
+    lr: float = option(1e-3, "AdamW peak learning rate", min=0.0, min_exclusive=True)
+    weight_decay: float = option(0.01, "AdamW weight decay", min=0.0)
+    warmup_steps: int = option(150, "linear warm-up steps, then cosine decay to 10% of lr", min=0)
+    grad_clip: float = option(1.0, "max gradient norm (0 = off)", min=0.0)
+    ema_decay: float = option(
+        0.998, "EMA of the weights that gets saved (0 = no EMA)", min=0.0, max=0.99999
+    )
+    sigma_sampling: str = option(
+        "logit-normal",
+        "noise-level distribution during training",
+        choices=("logit-normal", "uniform"),
+    )
+    property_fraction: float = option(
+        0.05, "share of property-modification prompts", min=0.0, max=1.0
+    )
+    seed: int = option(0, "seed of the data stream, noise and init", min=0)
+    world_seed: int = option(
+        0, "SubjectWorld seed (fixes the train/held-out identity split)", min=0
+    )
+    threads: int = option(2, "torch CPU threads", min=1)
+    bf16: bool = option(
+        False,
+        "bf16 autocast for the training forward (fp32 weights); no gain "
+        "measured on a busy 2-core CPU",
+    )
+    max_minutes: float = option(
+        14.0,
+        "wall-clock budget of the training loop (0 = none); the schedule follows "
+        "max(step/steps, elapsed/budget), so a slow machine still anneals and stops in time",
+        min=0.0,
+    )
+    eval_pairs: int = option(256, "held-out triplets per prompt kind for the held-out loss", min=1)
+    eval_identities: int = option(20, "held-out identities sampled on toybench (0 = all 80)", min=0)
+    sample_steps: int = option(10, "Euler steps of the quality measurement", min=1)
+    sample_shift: float = option(
+        3.0, "schedule shift of the quality measurement", min=0.0, min_exclusive=True
+    )
+    grid: str = option("", "also save a PNG grid reference | sample | ground truth here")
+    dim: int = option(128, "architecture: width", min=8)
+    depth: int = option(4, "architecture: blocks", min=1)
+    heads: int = option(4, "architecture: attention heads", min=1)
+    mlp_ratio: int = option(2, "architecture: MLP width / dim", min=1)
+    patch: int = option(4, "architecture: patch side", min=1)
+    image_size: int = option(32, "architecture and world: image side", min=16)
+    text_max_length: int = option(16, "MiniLM token positions per prompt", min=3)
+    progress: bool = option(True, "show a progress bar")
+
+    def model_options(self, weights: str = "random") -> dict[str, Any]:
+        keys = ("dim", "depth", "heads", "mlp_ratio", "patch", "image_size", "text_max_length")
+        return {"weights": weights, "seed": self.seed, **{k: getattr(self, k) for k in keys}}
+
+
+# ----- the pieces ------------------------------------------------------------------------
+def sample_sigmas(n: int, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """``[n]`` training noise levels in (0, 1): ``sigmoid(N(0, 1))`` or uniform."""
+    if kind == "logit-normal":
+        return torch.sigmoid(torch.randn(n, generator=generator))
+    if kind == "uniform":
+        return torch.rand(n, generator=generator)
+    raise ValueError(f"unknown sigma sampling {kind!r}; choose logit-normal or uniform")
+
+
+def flow_matching_loss(
+    policy: PocketPolicy,
+    x0: torch.Tensor,
+    cond: Any,
+    noise: torch.Tensor,
+    sigma: torch.Tensor,
+    per_sample: bool = False,
+) -> torch.Tensor:
+    """Mean squared velocity error at ``x_s = (1-s) x0 + s noise``; target ``noise - x0``.
+
+    ``x0``/``noise``: ``[B, N, P]``; ``sigma``: ``[B]``. Returns a scalar, or ``[B]``
+    with ``per_sample``.
+    """
+    s = sigma.view(-1, 1, 1)
+    v = policy(((1 - s) * x0 + s * noise), sigma, cond).float()
+    err = (v - (noise - x0)).square().flatten(1).mean(1)
+    return err if per_sample else err.mean()
+
+
+def _pairs(
+    policy: PocketPolicy, world: Any, n: int, rng: np.random.Generator, fraction: float, split: str
+) -> tuple[Any, torch.Tensor, list[str]]:
+    """(condition, clean target latents ``[n, N, P]``, kinds) of n world triplets."""
+    from cgrpo.world import pair_batch
+
+    batch = pair_batch(world, n, rng, property_fraction=fraction, split=split)
+    t = batch.tensors()
+    cond = policy.encode(batch.prompts, list(t["reference"][:, None]))
+    return cond, policy.images_to_latents(t["target"]), batch.kinds
+
+
+@torch.no_grad()
+def heldout_loss(
+    policy: PocketPolicy,
+    world: Any,
+    pairs_per_kind: int,
+    seed: int,
+    split: str = "heldout",
+    chunk: int = 64,
+) -> dict[str, float]:
+    """Flow-matching loss per prompt kind on fixed triplets of ``split``'s identities.
+
+    The triplets, noise and noise levels are fixed by ``seed``, so two models are compared
+    on exactly the same draws.
+    """
+    out = {}
+    for k, (kind, fraction) in enumerate((("recontext", 0.0), ("property", 1.0))):
+        rng = np.random.default_rng([seed, k])
+        gen = torch.Generator().manual_seed(seed * 2 + k)
+        total, count = 0.0, 0
+        for start in range(0, pairs_per_kind, chunk):
+            n = min(chunk, pairs_per_kind - start)
+            cond, x0, _ = _pairs(policy, world, n, rng, fraction, split)
+            noise = torch.randn(x0.shape, generator=gen)
+            sigma = sample_sigmas(n, "uniform", gen)  # uniform: every noise level counts
+            total += float(
+                flow_matching_loss(policy, x0, cond, noise, sigma, per_sample=True).sum()
+            )
+            count += n
+        out[kind] = total / count
+    out["all"] = (out["recontext"] + out["property"]) / 2
+    return out
+
+
+@torch.no_grad()
+def sample_quality(
+    policy: PocketPolicy,
+    world_seed: int,
+    size: int,
+    num_identities: int,
+    steps: int,
+    shift: float,
+    grid: str = "",
+) -> dict[str, Any]:
+    """Toy rewards of deterministic Euler samples on toybench, split by prompt kind.
+
+    ``num_identities`` held-out identities (0 = all) x the 25 toybench prompts. Also reports
+    the mean squared pixel error to the ground-truth render. Rewards that are not installed
+    are reported as unavailable instead of failing the run.
+    """
+    import cgrpo.data  # noqa: F401  (registers toyworld)
+    from cgrpo.data.base import DATASETS
+    from cgrpo.rewards import ScoreRequest, build_reward
+    from cgrpo.sampling import generate
+
+    data = DATASETS.get("toyworld")(
+        {"size": size, "seed": world_seed, "source": "toybench"}, "heldout"
+    )
+    per_identity = 25
+    n_items = len(data) if num_identities == 0 else min(len(data), num_identities * per_identity)
+    if num_identities:
+        # spread the chosen identities over the whole held-out list
+        n_ids = len(data) // per_identity
+        picks = np.linspace(0, n_ids - 1, min(num_identities, n_ids)).round().astype(int)
+        index = [int(i) * per_identity + j for i in picks for j in range(per_identity)]
+    else:
+        index = list(range(n_items))
+    examples = [data[i] for i in index]
+    images = generate(
+        policy,
+        [e.prompt for e in examples],
+        [e.references for e in examples],
+        num_steps=steps,
+        shift=shift,
+        seed=0,
+        batch_size=50,
+    )
+    truth = torch.stack(
+        [torch.from_numpy(data.target(i).image).permute(2, 0, 1).float() / 255.0 for i in index]
+    )
+    kinds = [e.metadata["kind"] for e in examples]
+    columns: dict[str, torch.Tensor] = {"pixel_mse": (images - truth).square().flatten(1).mean(1)}
+    unavailable = {}
+    request = ScoreRequest(
+        images=images,
+        prompts=[e.prompt for e in examples],
+        references=[e.references for e in examples],
+        reference_masks=[e.reference_masks for e in examples],
+        metadata=[e.metadata for e in examples],
+    )
+    for name in ("toy-id", "toy-prompt"):
+        try:
+            reward = build_reward(name)
+        except (ValueError, FileNotFoundError, OSError) as err:
+            unavailable[name] = str(err).splitlines()[0]
+            continue
+        scores = reward.score(request)
+        for col, values in scores.items():
+            columns[col] = values
+    result: dict[str, Any] = {
+        "items": len(examples),
+        "sampler": {"kind": "euler-ode", "steps": steps, "shift": shift},
+    }
+    for kind in ("recontext", "property"):
+        rows = torch.tensor([k == kind for k in kinds])
+        result[kind] = {col: round(float(v[rows].mean()), 4) for col, v in columns.items()}
+        result[kind]["items"] = int(rows.sum())
+    if unavailable:
+        result["unavailable"] = unavailable
+    if grid:
+        _save_grid(grid, examples, images, truth, kinds)
+    return result
+
+
+def _save_grid(
+    path: str,
+    examples: list[Any],
+    images: torch.Tensor,
+    truth: torch.Tensor,
+    kinds: list[str],
+    per_kind: int = 8,
+) -> None:
+    """Columns of (reference, sample, ground truth) triples: recontext rows, then property."""
+    from PIL import Image
+
+    chosen = []
+    for kind in ("recontext", "property"):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        step = max(1, len(rows) // (per_kind * 2))
+        chosen += rows[::step][: per_kind * 2]
+    tiles = []
+    for i in chosen:
+        triple = torch.cat([examples[i].references[0], images[i], truth[i]], dim=2)
+        tiles.append(triple)
+    cols = 4
+    rows = [torch.cat(tiles[r : r + cols], dim=2) for r in range(0, len(tiles), cols)]
+    rows = [
+        torch.nn.functional.pad(r, (0, tiles[0].shape[2] * cols - r.shape[2], 0, 2)) for r in rows
+    ]
+    sheet = (torch.cat(rows, dim=1).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(sheet)
+    img = img.resize((img.width * 3, img.height * 3), Image.NEAREST)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from 1 to 0.1 as progress goes 0 -> 1."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def training_progress(step: int, steps: int, warmup: int, elapsed: float, budget: float) -> float:
+    """Share of the post-warm-up schedule done: by steps, or by wall clock if that is further.
+
+    On an idle machine the step count decides and the run is reproducible; on a busy one the
+    time budget does, and the learning rate still anneals before the run stops.
+    """
+    by_steps = (step - warmup) / max(1, steps - warmup)
+    by_time = elapsed / budget if budget > 0 else 0.0
+    return max(0.0, by_steps, by_time)
+
+
+# ----- the recipe ------------------------------------------------------------------------
+def pretrain(opts: PretrainOptions) -> dict[str, Any]:
+    """Train, save the weights and the sidecar, return the sidecar's content."""
+    from tqdm.auto import tqdm
+
+    from cgrpo.world import SubjectWorld
+
+    # bf16 autocast feeds bf16 activations to the fp32 RMSNorm weights: correct, just unfused
+    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+    torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    started = time.time()
+    world = SubjectWorld(size=opts.image_size, seed=opts.world_seed)
+    policy = build_pocket(opts.model_options("random"))
+    policy.denoiser.init_for_training()
+    policy.train()
+    ema = None
+    if opts.ema_decay > 0:
+        ema = {k: v.detach().clone() for k, v in policy.denoiser.state_dict().items()}
+    params = list(policy.denoiser.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": opts.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=opts.lr,
+        betas=(0.9, 0.99),
+    )
+    rng = np.random.default_rng([opts.seed, 1])
+    gen = torch.Generator().manual_seed(opts.seed)
+    losses: list[float] = []
+    stopped_early = False
+    bar = tqdm(
+        range(opts.steps), desc="pocket pretrain", disable=not opts.progress, dynamic_ncols=True
+    )
+    budget = opts.max_minutes * 60
+    step = 0
+    for step in bar:
+        progress = training_progress(
+            step, opts.steps, opts.warmup_steps, time.time() - started, budget
+        )
+        if progress >= 1.0 and step >= opts.warmup_steps:
+            stopped_early = True
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = opts.lr * lr_factor(step, opts.warmup_steps, progress)
+        cond, x0, _ = _pairs(policy, world, opts.batch_size, rng, opts.property_fraction, "train")
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = sample_sigmas(opts.batch_size, opts.sigma_sampling, gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.bf16):
+            loss = flow_matching_loss(policy, x0, cond, noise, sigma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            d = min(opts.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for k, v in policy.denoiser.state_dict().items():
+                    ema[k].lerp_(v, 1 - d)
+        losses.append(float(loss.detach()))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
+    steps_done = len(losses)
+    train_seconds = time.time() - started
+    if ema is not None:
+        policy.denoiser.load_state_dict(ema)
+
+    out = save_pocket_weights(policy.denoiser, opts.out, dtype=torch.float16)
+    # measure the weights exactly as shipped: fp16 file, reloaded into an fp32 model
+    saved = build_pocket(opts.model_options(str(out)))
+    heldout = heldout_loss(saved, world, opts.eval_pairs, seed=1234)
+    train_split = heldout_loss(saved, world, opts.eval_pairs, seed=1234, split="train")
+    quality = sample_quality(
+        saved,
+        opts.world_seed,
+        opts.image_size,
+        opts.eval_identities,
+        opts.sample_steps,
+        opts.sample_shift,
+        opts.grid,
+    )
+    report = {
+        "format": "cgrpo-pocket-v1",
+        "command": "python -m cgrpo.policies.pocket_train " + " ".join(sys.argv[1:]),
+        "recipe": to_dict(opts),
+        "architecture": dataclasses.asdict(saved.arch),
+        "parameters": sum(p.numel() for p in saved.denoiser.parameters()),
+        "steps": steps_done,
+        "stopped_early": stopped_early,
+        "seed": opts.seed,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - started, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": opts.threads,
+        },
+        "train_loss_last100": round(float(np.mean(losses[-100:])), 5),
+        "flow_matching_loss": {
+            "heldout_identities": {k: round(v, 5) for k, v in heldout.items()},
+            "train_identities": {k: round(v, 5) for k, v in train_split.items()},
+            "sigma": "uniform",
+            "pairs_per_kind": opts.eval_pairs,
+        },
+        "toybench_samples": quality,
+    }
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# ----- command line ----------------------------------------------------------------------
+def _arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cgrpo.policies.pocket_train",
+        description="Pretrain the pocket generator on the toy subject world.",
+    )
+    hints = typing.get_type_hints(PretrainOptions)
+    for key, _tp, default, help_text in describe(PretrainOptions):
+        flag = "--" + key.replace("_", "-")
+        tp = hints[key]
+        if tp is bool:
+            parser.add_argument(
+                flag,
+                dest=key,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {default})",
+            )
+        else:
+            parser.add_argument(
+                flag, dest=key, type=tp, default=None, help=f"{help_text} (default: {default})"
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arg_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        opts = parse(PretrainOptions, given, prefix="pocket_train")
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    report = pretrain(opts)
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("steps", "train_seconds", "flow_matching_loss", "toybench_samples")
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
