@@ -45,12 +45,11 @@ def test_seeds_follow_the_item_index(items_factory):
 def test_from_example_wraps_trainer_items(tiny_policy, mean_match):
     from cgrpo.data.base import Example
 
-    ex = Example(
-        "a red ball", torch.rand(1, 3, 4, 4), metadata={"kind": "property"}, key="toy/ball"
-    )
+    meta = {"kind": "property", "identity": "round-plain-red"}
+    ex = Example("a red ball", torch.rand(1, 3, 4, 4), metadata=meta, key="toy/ball")
     records = evaluate_policy(tiny_policy, [ex, ex], [mean_match()], gen_kwargs={"num_steps": 2})
     assert [r["key"] for r in records] == ["toy/ball", "toy/ball"]
-    assert records[0]["kind"] == "property"
+    assert records[0]["kind"] == "property" and records[0]["subject"] == "round-plain-red"
     assert records[0]["scores"] != records[1]["scores"]  # index 0 and 1: different noise
 
 

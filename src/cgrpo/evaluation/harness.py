@@ -74,7 +74,7 @@ class EvalItem:
         """Wrap a :class:`cgrpo.data.base.Example` (e.g. the trainer's held-out items)."""
         meta = dict(example.metadata or {})
         key = example.key or f"item/{index:04d}"
-        subject = str(meta.get("subject", key.split("/")[0]))
+        subject = str(meta.get("subject") or meta.get("identity") or key.split("/")[0])
         return EvalItem(
             index=index,
             key=key,
