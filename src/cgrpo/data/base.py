@@ -57,8 +57,8 @@ def image_to_tensor(image: Any) -> torch.Tensor:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"expected an RGB image array [H, W, 3], got shape {arr.shape}")
-    arr = arr[..., :3]
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    arr = np.array(arr[..., :3])  # a writable copy: PIL-backed arrays are read-only
+    t = torch.from_numpy(arr).permute(2, 0, 1)
     return t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
 
 

@@ -310,10 +310,10 @@ class Trainer:
                                        prev_sample=x_next)
                         kl = gaussian_kl(res.mean, ref.mean, res.std).mean()
                         total = total + t.kl_coef * kl
-                        kl_value = float(kl)
+                        kl_value = float(kl.detach())
                     frac = len(chunk) / n_pairs
                     self.accelerator.backward(total * frac)
-                stats["loss"] += float(loss) * frac / len(minibatches)
+                stats["loss"] += float(loss.detach()) * frac / len(minibatches)
                 stats["kl"] += kl_value * frac / len(minibatches)
                 stats["clip_fraction"] += ps.clip_fraction * frac / len(minibatches)
                 stats["ratio_mean"] += ps.ratio_mean * frac / len(minibatches)
