@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from cgrpo.evaluation.toybench import heldout_metric, toybench_items
+from cgrpo.evaluation.toybench import calibrate, ground_truth_image, heldout_metric, toybench_items
 from cgrpo.rewards.base import ScoreRequest
 
 
 @pytest.fixture(scope="module")
 def bench():
     return toybench_items({"size": 32, "seed": 0})
-
-
-def _target(world, item) -> torch.Tensor:
-    """A ground-truth render of the item's requested scene (another jitter than the metric's)."""
-    from cgrpo.world.core import Scene
-
-    s = item.metadata["scene"]
-    scene = Scene(
-        s["kind"],
-        s["background"],
-        s["position"],
-        s["size"],
-        tuple(s["overrides"].items()),
-        s["prompt"],
-    )
-    image = world.render(
-        world.identity(item.metadata["identity"]), scene, np.random.default_rng(99)
-    ).image
-    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
 
 
 def _score(metric, items, images):
@@ -66,7 +46,7 @@ def test_items_are_heldout_identities_times_25_prompts(bench):
 def test_ground_truth_scores_high_and_wrong_images_low(bench):
     items, world = bench
     chosen = items[:25] + items[25 * 7 : 25 * 8]  # two identities, all 25 prompts each
-    truth = torch.stack([_target(world, it) for it in chosen])
+    truth = torch.stack([ground_truth_image(world, it) for it in chosen])
     grey = torch.full_like(truth, 0.5)
     refs = torch.stack([it.references[0] for it in chosen])
     colour, scene = heldout_metric("gt-colour", world), heldout_metric("gt-scene", world)
@@ -89,7 +69,7 @@ def test_ground_truth_scores_high_and_wrong_images_low(bench):
 def test_images_of_another_size_are_resized(bench):
     items, world = bench
     big = torch.nn.functional.interpolate(
-        _target(world, items[3])[None], scale_factor=4, mode="nearest"
+        ground_truth_image(world, items[3])[None], scale_factor=4, mode="nearest"
     )
     assert _score(heldout_metric("gt-colour", world), items[3:4], big)[0] > 0.9
 
@@ -97,3 +77,12 @@ def test_images_of_another_size_are_resized(bench):
 def test_unknown_heldout_metric(bench):
     with pytest.raises(ValueError, match="choose one of gt-colour, gt-scene"):
         heldout_metric("gt-nothing", bench[1])
+
+
+def test_calibration_orders_ground_truth_copy_and_grey(bench):
+    items, world = bench
+    table = calibrate(items[:25], world)
+    colour = {system: kinds["all"]["gt-colour"] for system, kinds in table.items()}
+    assert colour["ground truth"] > colour["copy reference"] > colour["flat grey"] == 0.0
+    scene = table["copy reference"]
+    assert scene["recontext"]["gt-scene"] < table["ground truth"]["recontext"]["gt-scene"]

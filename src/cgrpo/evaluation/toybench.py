@@ -25,6 +25,7 @@ that no reward optimises, both computed from the world's pixel-exact ground trut
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,11 @@ def _world_and_scene(world: Any, meta: dict[str, Any]):
     return world.identity(meta["identity"]), scene
 
 
+def _cache_key(meta: dict[str, Any]) -> str:
+    # Seeds of one pair share the ground truth; renders are pure functions of these fields.
+    return json.dumps([meta.get("identity"), meta.get("scene")], sort_keys=True)
+
+
 def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
     """``[3, H, W]`` -> ``[3, size, size]`` (area average; images may differ from the world size)."""
     if image.shape[-1] == size and image.shape[-2] == size:
@@ -83,6 +89,7 @@ class GroundTruthColour(Reward):
         from cgrpo.world.vocab import COLOURS, PALETTE_SECONDARY
 
         self.world, self.renders = world, renders
+        self._regions: dict[str, tuple[np.ndarray, str]] = {}
         table = {**COLOURS, **NEUTRALS}
         self._names = list(table)
         self._colours = torch.tensor([table[n] for n in self._names], dtype=torch.float32) / 255
@@ -90,6 +97,12 @@ class GroundTruthColour(Reward):
 
     def region(self, meta: dict[str, Any]) -> tuple[np.ndarray, str]:
         """Pixels that are subject in every jittered ground-truth render, and the palette."""
+        key = _cache_key(meta)
+        if key not in self._regions:
+            self._regions[key] = self._region(meta)
+        return self._regions[key]
+
+    def _region(self, meta: dict[str, Any]) -> tuple[np.ndarray, str]:
         ident, scene = _world_and_scene(self.world, meta)
         truths = [
             self.world.render(ident, scene, np.random.default_rng(k)) for k in range(self.renders)
@@ -126,9 +139,16 @@ class GroundTruthScene(Reward):
     def __init__(self, world: Any, renders: int = 4, grid: int = 8) -> None:
         super().__init__()
         self.world, self.renders, self.grid = world, renders, grid
+        self._expected: dict[str, torch.Tensor] = {}
 
     def expected(self, meta: dict[str, Any]) -> torch.Tensor:
         """The mean ground-truth render of the requested scene, ``[3, grid, grid]``."""
+        key = _cache_key(meta)
+        if key not in self._expected:
+            self._expected[key] = self._mean_render(meta)
+        return self._expected[key]
+
+    def _mean_render(self, meta: dict[str, Any]) -> torch.Tensor:
         ident, scene = _world_and_scene(self.world, meta)
         renders = [
             self.world.render(ident, scene, np.random.default_rng(k)).image
@@ -197,10 +217,60 @@ def toybench_items(data_options: dict[str, Any] | None = None) -> tuple[list[Eva
     return items, dataset.world
 
 
+def ground_truth_image(world: Any, item: EvalItem, seed: int = 99) -> torch.Tensor:
+    """A ground-truth render ``[3, S, S]`` of the scene ``item`` asks for (a perfect answer)."""
+    ident, scene = _world_and_scene(world, item.metadata)
+    image = world.render(ident, scene, np.random.default_rng(seed)).image
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255
+
+
+def calibrate(items: list[EvalItem], world: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean held-out scores of three reference "systems", per prompt kind.
+
+    ``ground truth`` (a render of the requested scene: the ceiling), ``copy reference``
+    (returns the reference shot unchanged: perfect identity, ignores the prompt) and
+    ``flat grey``. Returns ``{system: {kind: {metric: mean}}}``.
+    """
+    systems = {
+        "ground truth": lambda it: ground_truth_image(world, it),
+        "copy reference": lambda it: it.references[0],
+        "flat grey": lambda it: torch.full_like(it.references[0], 0.5),
+    }
+    metrics = [heldout_metric(name, world) for name in HELDOUT_METRICS]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for system, make in systems.items():
+        images = torch.stack([make(it) for it in items])
+        request = ScoreRequest(
+            images,
+            [it.prompt for it in items],
+            [it.references for it in items],
+            metadata=[it.metadata for it in items],
+        )
+        scores = {m.name: m.score(request)[m.name] for m in metrics}
+        for kind in sorted({it.kind for it in items}) + ["all"]:
+            rows = [i for i, it in enumerate(items) if kind in ("all", it.kind)]
+            out.setdefault(system, {})[kind] = {n: float(v[rows].mean()) for n, v in scores.items()}
+    return out
+
+
 __all__ = [
     "HELDOUT_METRICS",
+    "calibrate",
+    "ground_truth_image",
     "GroundTruthColour",
     "GroundTruthScene",
     "heldout_metric",
     "toybench_items",
 ]
+
+
+if __name__ == "__main__":  # python -m cgrpo.evaluation.toybench: what the gt-* numbers mean
+    items, world = toybench_items({})
+    table = calibrate(items, world)
+    print(f"toybench held-out measures on {len(items)} items (world size {world.size}, seed 0)")
+    print(f"{'system':<16}{'kind':<11}" + "".join(f"{m:>11}" for m in HELDOUT_METRICS))
+    for system, kinds in table.items():
+        for kind, values in kinds.items():
+            print(
+                f"{system:<16}{kind:<11}" + "".join(f"{values[m]:>11.3f}" for m in HELDOUT_METRICS)
+            )
