@@ -192,6 +192,10 @@ def test_user_errors_are_one_line_config_errors(setup, dreambench_root, tmp_path
             "--metric-options",
             str(tmp_path / "none.yaml"),
         )
+    with pytest.raises(ConfigError, match="--metrics = 'dinov9': unknown metric; choose from"):
+        _eval("--data", str(dreambench_root), "--config", str(config), "--metrics", "dinov9")
+    with pytest.raises(ConfigError, match="toybench measure"):
+        _eval("--data", str(dreambench_root), "--config", str(config), "--metrics", "gt-scene")
     with pytest.raises(ConfigError, match="--reference"):
         _eval("--data", str(dreambench_root), "--config", str(config), "--reference", "last")
 

@@ -291,6 +291,26 @@ def _select_subjects(available: list[str], args: argparse.Namespace) -> set[str]
     return set(subjects)
 
 
+def _check_metric_names(metrics: list[str], toybench: bool) -> None:
+    """Fail before hours of generation, not after: every metric must be a known name."""
+    import cgrpo.rewards  # noqa: F401  (registers the built-in rewards)
+    from cgrpo.evaluation.toybench import HELDOUT_METRICS
+    from cgrpo.rewards.base import REWARDS
+
+    for name in metrics:
+        if name in HELDOUT_METRICS:
+            if not toybench:
+                raise ConfigError("--metrics", name, "is a toybench measure (--bench toybench)")
+        elif not name.startswith("python:") and name not in REWARDS:
+            raise ConfigError(
+                "--metrics",
+                name,
+                "unknown metric; choose from "
+                f"{', '.join([*REWARDS.names(), *HELDOUT_METRICS])} "
+                "or python:module:function",
+            )
+
+
 def _check_meta(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Refuse to mix results of different evaluations in one folder; returns the old meta."""
     from cgrpo.evaluation.report import META_FILE
@@ -389,6 +409,7 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     if not metrics:
         raise ConfigError("--metrics", args.metrics, "name at least one metric")
+    _check_metric_names(metrics, toybench=world is not None)
     options = {}
     if config is not None:
         for spec in config.rewards:
@@ -432,8 +453,6 @@ def run_eval(args: argparse.Namespace) -> int:
         context = RewardContext(device=torch.device(device))
         for name in metrics:
             if name in HELDOUT_METRICS:
-                if world is None:
-                    raise ConfigError("--metrics", name, "is a toybench measure")
                 built.append(heldout_metric(name, world))
             else:
                 built.append(build_reward(name, options.get(name, {}), context).to(device))
