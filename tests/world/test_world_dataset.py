@@ -7,6 +7,7 @@ import torch
 
 from cgrpo.config import ConfigError
 from cgrpo.data import Example, build_dataset
+from cgrpo.world import Scene
 
 
 def test_toyworld_examples_are_deterministic_and_json_safe():
@@ -24,6 +25,8 @@ def test_toyworld_examples_are_deterministic_and_json_safe():
         assert ex.metadata["requested"] == ds.world.requested(ex.prompt)
         json.dumps(ex.metadata)
     assert {ds[i].metadata["kind"] for i in range(16)} == {"recontext", "property"}
+    scene = Scene.from_dict(ds[3].metadata["scene"])
+    assert scene == ds.scene(3)[1]
     tgt = ds.target(3)
     assert tgt.prompt == ds[3].prompt and tgt.identity.key == ds[3].metadata["identity"]
 

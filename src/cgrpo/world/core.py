@@ -77,6 +77,18 @@ class Scene:
     overrides: tuple[tuple[str, str], ...]
     prompt: str
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Scene:
+        """Inverse of :meth:`to_dict` (e.g. from an Example's ``metadata["scene"]``)."""
+        return cls(
+            kind=data["kind"],
+            background=data["background"],
+            position=data["position"],
+            size=data["size"],
+            overrides=tuple(dict(data["overrides"]).items()),
+            prompt=data["prompt"],
+        )
+
     def to_dict(self) -> dict:
         """Plain JSON-safe form."""
         return {
