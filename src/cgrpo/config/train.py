@@ -119,7 +119,7 @@ class EvalConfig:
     before_after: bool = option(True, "score held-out prompts before and after training")
     data: DataConfig = option(default_factory=lambda: DataConfig("toyworld", {}),
                               help="held-out data (loaded with split 'heldout')")
-    num_items: int = option(48, "held-out (prompt, reference) items scored", min=1)
+    num_items: int = option(48, "held-out items scored (a seeded random subset)", min=1)
     num_steps: int = option(10, "deterministic sampler steps for evaluation", min=2)
     seed: int = option(1234, "seed of the evaluation noise")
 

@@ -461,7 +461,9 @@ class Trainer:
         """
         cfg = self.config.eval
         data = build_dataset(cfg.data.name, cfg.data.options, "heldout")
-        items = [data[i] for i in range(min(cfg.num_items, len(data)))]
+        # a seeded random subset covers identities and prompt kinds evenly in expectation
+        pick = torch.randperm(len(data), generator=generator_for(cfg.seed, "eval-items"))
+        items = [data[int(i)] for i in pick[: cfg.num_items]]
         ctx = nullcontext() if adapter else self.policy.adapter_disabled()
         self.policy.eval()
         with ctx:
