@@ -175,6 +175,28 @@ def test_toybench_eval_with_heldout_measures(setup, tmp_path):
     assert meta["metric_columns"] == {"gt-colour": ["gt-colour"], "gt-scene": ["gt-scene"]}
 
 
+def test_toybench_default_metrics_are_the_config_rewards_plus_heldout(setup, tmp_path):
+    config, _ = setup  # the default config's rewards: toy-prompt and toy-id
+    out = tmp_path / "toy-default"
+    assert (
+        _eval(
+            "--bench",
+            "toybench",
+            "--config",
+            str(config),
+            "--max-subjects",
+            "1",
+            "--out",
+            str(out),
+            "--no-grids",
+        )
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"] == ["toy-prompt", "toy-id", "gt-colour", "gt-scene"]
+    assert "toy-id" in (out / "report.html").read_text()
+
+
 def test_user_errors_are_one_line_config_errors(setup, dreambench_root, tmp_path):
     config, options = setup
     with pytest.raises(ConfigError, match="--data"):

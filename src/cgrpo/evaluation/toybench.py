@@ -45,15 +45,7 @@ def _world_and_scene(world: Any, meta: dict[str, Any]):
             "toybench held-out measures need metadata 'identity' and 'scene' "
             "(items from cgrpo.evaluation.toybench.toybench_items)"
         )
-    s = meta["scene"]
-    scene = Scene(
-        kind=s["kind"],
-        background=s["background"],
-        position=s["position"],
-        size=s["size"],
-        overrides=tuple(dict(s["overrides"]).items()),
-        prompt=s["prompt"],
-    )
+    scene = Scene.from_dict(meta["scene"])
     return world.identity(meta["identity"]), scene
 
 
