@@ -166,6 +166,29 @@ def _add_serve_reward(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=server.run)
 
 
+def _add_evaluation(sub: argparse._SubParsersAction) -> None:
+    from cgrpo.evaluation import cli as ev
+
+    p = sub.add_parser("eval", help="generate and score a benchmark (DreamBench, toybench) "
+                       "or score existing images",
+                       description="Evaluate a base model or a trained adapter on DreamBench "
+                       "or toybench (resumable), or score images made by another system; "
+                       "writes per-pair CSV, tables with 95% bootstrap CIs, grids, a Pareto "
+                       "plot and report.html.")
+    ev.add_eval_arguments(p)
+    p.set_defaults(func=ev.run_eval)
+    p = sub.add_parser("report", help="rebuild tables, plots and report.html from eval outputs",
+                       description="Rebuild the report of one or more evaluation directories "
+                       "(several: one Pareto plot across them).")
+    ev.add_report_arguments(p)
+    p.set_defaults(func=ev.run_report)
+    p = sub.add_parser("compare", help="metric deltas between two evaluations, with CIs",
+                       description="Per-metric differences B - A over the pairs both "
+                       "evaluations scored, with paired bootstrap 95% CIs.")
+    ev.add_compare_arguments(p)
+    p.set_defaults(func=ev.run_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgrpo",
@@ -178,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_sample(sub)
     _add_config(sub)
+    _add_evaluation(sub)
     _add_serve_reward(sub)
     return parser
 
