@@ -36,6 +36,8 @@ def test_three_steps_write_a_complete_run(tiny_config, tmp_path):
     assert [p.name for p in list_checkpoints(run)] == ["step-000002", "step-000003"]
     assert set(summary["before"]["means"]) == {"toy-prompt", "toy-id"}
     assert "Held-out rewards" in (run / "summary.md").read_text()
+    assert (run / "before_after.png").is_file()
+    assert len(summary["after"]["scores"]["toy-id"]) == 4
 
 
 def test_only_lora_parameters_change(tiny_config, tmp_path):

@@ -129,6 +129,7 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.step = 0
         self._resume = resume
+        self._eval_images: dict[str, Any] = {}
         self._setup()
 
     # ------------------------------------------------------------------ set-up
@@ -407,6 +408,8 @@ class Trainer:
         if cfg.eval.before_after:
             summary["after"] = self.evaluate(adapter=True)
             self._write_json("eval_after.json", summary["after"])
+            if self.is_main:
+                self._save_before_after_grid()
         summary["last_metrics"] = last
         if self.is_main:
             self._write_summary(summary)
@@ -475,14 +478,34 @@ class Trainer:
         request = ScoreRequest(images, [e.prompt for e in items], [e.references for e in items],
                                [e.reference_masks for e in items], [e.metadata for e in items])
         scores = self.scorer.score(request)
-        result: dict[str, Any] = {"n": len(items), "means": {}, "by_kind": {}}
         kinds = [str(e.metadata.get("kind", "all")) for e in items]
+        result: dict[str, Any] = {"n": len(items), "means": {}, "by_kind": {}, "kinds": kinds,
+                                  "scores": {k: v.tolist() for k, v in scores.columns.items()}}
         for name, values in scores.columns.items():
             result["means"][name] = float(values.mean())
             for kind in sorted(set(kinds)):
                 sel = torch.tensor([k == kind for k in kinds])
                 result["by_kind"].setdefault(kind, {})[name] = float(values[sel].mean())
+        self._eval_images["after" if adapter else "before"] = (items, images, scores)
         return result
+
+    def _save_before_after_grid(self, max_items: int = 8) -> None:
+        """``before_after.png``: reference | base | trained, for held-out items."""
+        if not {"before", "after"} <= self._eval_images.keys():
+            return
+        items, before, s_before = self._eval_images["before"]
+        _, after, s_after = self._eval_images["after"]
+        # show property-modification prompts first: that is where the rewards compete
+        order = sorted(range(len(items)), key=lambda i: items[i].metadata.get("kind") != "property")
+        pick = order[:max_items]
+        images = torch.stack([im for i in pick for im in (before[i], after[i])])
+        labels = []
+        for i in pick:
+            for tag, sc in (("base", s_before), ("trained", s_after)):
+                labels.append(tag + "\n" + " ".join(f"{float(v[i]):.2f}" for v in sc.columns.values()))
+        grid = group_grid([items[i].references[0] for i in pick], images, 2,
+                          [items[i].prompt for i in pick], labels)
+        grid.save(self.run_dir / "before_after.png")
 
     def _write_json(self, name: str, data: Any) -> None:
         if self.is_main:
@@ -498,6 +521,8 @@ class Trainer:
         table = held_out_table(summary)
         if table:
             lines += ["## Held-out rewards (deterministic sampling)", "", table, ""]
+        if (self.run_dir / "before_after.png").is_file():
+            lines += ["![held-out: reference | base | trained](before_after.png)", ""]
         lines += ["## Files", "", "- `metrics.jsonl`, `tensorboard/`: per-step metrics",
                   "- `samples/`: reference | group grids", "- `final/`: trained adapter",
                   "- `checkpoints/`: resumable checkpoints", ""]
@@ -507,15 +532,22 @@ class Trainer:
 def held_out_table(summary: dict[str, Any]) -> str:
     """Markdown table of held-out reward means before/after training, with the change."""
     before, after = summary.get("before"), summary.get("after")
-    if not before or not after:
+    if not before or not after or "scores" not in before:
         return ""
-    rows = ["| reward | prompts | before | after | change |", "|---|---|---:|---:|---:|"]
-    groups = [("all", before["means"], after["means"])]
-    groups += [(k, before["by_kind"][k], after["by_kind"].get(k, {}))
-               for k in sorted(before.get("by_kind", {})) if len(before["by_kind"]) > 1]
-    for label, b, a in groups:
-        for name in b:
-            if name in a:
-                rows.append(f"| {name} | {label} | {b[name]:.4f} | {a[name]:.4f} | "
-                            f"{a[name] - b[name]:+.4f} |")
+    from cgrpo.evaluation.stats import paired_bootstrap_ci
+
+    rows = ["| reward | prompts | n | before | after | change [95% CI] |",
+            "|---|---|---:|---:|---:|---:|"]
+    kinds = before.get("kinds") or ["all"] * before["n"]
+    labels = ["all"] + (sorted(set(kinds)) if len(set(kinds)) > 1 else [])
+    for label in labels:
+        sel = [i for i, k in enumerate(kinds) if label in ("all", k)]
+        for name, b_all in before["scores"].items():
+            if name not in after.get("scores", {}):
+                continue
+            b = [b_all[i] for i in sel]
+            a = [after["scores"][name][i] for i in sel]
+            d = paired_bootstrap_ci(b, a, seed=0)
+            rows.append(f"| {name} | {label} | {len(sel)} | {sum(b) / len(b):.4f} | "
+                        f"{sum(a) / len(a):.4f} | {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] |")
     return "\n".join(rows)
