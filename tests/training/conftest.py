@@ -28,3 +28,8 @@ def tiny_config():
         return load_config(None, [*TINY, *extra])
 
     return make
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)
