@@ -1,5 +1,8 @@
 """The pocket backend: Policy interface, conditioning, LoRA, weights and their checks."""
 
+import dataclasses
+import json
+
 import pytest
 import torch
 
@@ -194,10 +197,17 @@ def test_dtype_and_device_are_honoured(refs):
     assert pol.decode(pol(x, s, cond)).dtype == torch.float32
 
 
-@pytest.mark.skipif(not ASSET_PATH.is_file(), reason="pretrained asset not generated yet")
-def test_committed_asset_loads_and_checks_its_architecture():
+def test_committed_asset_loads_and_checks_its_architecture(refs):
+    assert ASSET_PATH.is_file(), "run python -m cgrpo.policies.pocket_train to rebuild it"
     assert ASSET_PATH.stat().st_size < 10 * 2**20
+    report = json.loads(ASSET_PATH.with_suffix(".json").read_text())
     pol = build_policy("pocket")
     assert pol.latent_shape() == (64, 48)
+    assert report["architecture"] == dataclasses.asdict(pol.arch)
+    # trained weights: the velocity at pure noise points from the noise towards the data
+    cond = pol.encode(["a ball in the snow"], refs[:1])
+    x = torch.randn(1, *pol.latent_shape(), generator=torch.Generator().manual_seed(0))
+    x0 = x - pol(x, torch.ones(1), cond)
+    assert x0.abs().mean() < x.abs().mean()
     with pytest.raises(ConfigError, match=r"model\.options\.dim = 64: .*trained with dim = "):
         build_policy("pocket", {"dim": 64})

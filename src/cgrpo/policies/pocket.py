@@ -338,11 +338,14 @@ def load_pocket_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
 def check_arch(options: PocketOptions, saved: dict[str, Any], path: Path, prefix: str) -> None:
     """Raise ConfigError naming the first architecture field that differs from the weights."""
     for name in _ARCH_FIELDS:
-        if name in saved and saved[name] != getattr(options, name):
+        if name not in saved:
+            raise ValueError(f"{path} does not record the architecture field {name!r}")
+        trained = saved[name]
+        if trained != getattr(options, name):
             raise ConfigError(
                 f"{prefix}.{name}",
                 getattr(options, name),
-                f"the weights {path} were trained with {name} = {saved[name]}; set it to that "
+                f"the weights {path} were trained with {name} = {trained!r}; set it to that "
                 f"or point {prefix}.weights elsewhere",
             )
 
