@@ -212,7 +212,7 @@ class Block(nn.Module):
         """
         b, s, d = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c)[:, None].chunk(6, dim=-1)
-        h = self.norm1(x) * (1 + scale1) + shift1
+        h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)
         if queries is not None:
             x, hq = x[:, queries], h[:, queries]
         else:
@@ -222,9 +222,9 @@ class Block(nn.Module):
         k = self.k_norm(self.to_k(h).view(b, s, self.heads, -1)).transpose(1, 2)
         v = self.to_v(h).view(b, s, self.heads, -1).transpose(1, 2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + gate1 * self.to_out(a.transpose(1, 2).reshape(b, sq, d))
-        h = self.norm2(x) * (1 + scale2) + shift2
-        return x + gate2 * self.ff_out(F.gelu(self.ff_in(h)))
+        x = torch.addcmul(x, gate1, self.to_out(a.transpose(1, 2).reshape(b, sq, d)))
+        h = torch.addcmul(shift2, self.norm2(x), 1 + scale2)
+        return torch.addcmul(x, gate2, self.ff_out(F.gelu(self.ff_in(h))))
 
 
 class PocketTransformer(nn.Module):
@@ -303,7 +303,7 @@ class PocketTransformer(nn.Module):
             x = block(x, c, mask)
         x = self.blocks[-1](x, c, mask, queries=slice(used, used + n))
         shift, scale = self.modulation_out(c)[:, None].chunk(2, dim=-1)
-        return self.proj_out(self.norm_out(x) * (1 + scale) + shift)
+        return self.proj_out(torch.addcmul(shift, self.norm_out(x), 1 + scale))
 
 
 # ----- weights ---------------------------------------------------------------------------
