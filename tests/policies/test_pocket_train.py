@@ -80,7 +80,9 @@ def test_miniature_run_writes_loadable_weights_and_a_report(tmp_path, capsys):
         "--no-progress",
         *TINY_ARGS,
     ]
-    assert main(args) == 0
+    threads = torch.get_num_threads()
+    assert main([*args, "--threads", str(threads + 1)]) == 0
+    assert torch.get_num_threads() == threads  # the caller's setting is restored
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["steps"] == 3 and report["seed"] == 0 and not report["stopped_early"]
     assert report["recipe"]["property_fraction"] == 0.05

@@ -331,7 +331,18 @@ def training_progress(step: int, steps: int, warmup: int, elapsed: float, budget
 
 # ----- the recipe ------------------------------------------------------------------------
 def pretrain(opts: PretrainOptions) -> dict[str, Any]:
-    """Train, save the weights and the sidecar, return the sidecar's content."""
+    """Train, save the weights and the sidecar, return the sidecar's content.
+
+    Uses ``opts.threads`` torch threads and restores the caller's setting afterwards.
+    """
+    threads = torch.get_num_threads()
+    try:
+        return _pretrain(opts)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(opts: PretrainOptions) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from cgrpo.world import SubjectWorld
