@@ -64,6 +64,15 @@ def test_overrides_address_rewards_by_name_and_parse_yaml():
     assert cfg.sampling.same_noise is False
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 parses 2e-5 as a string; the config still takes it as the number users mean
+    assert load_config(None, ["train.lr=2e-5"]).train.lr == 2e-5
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 3e-4\n")
+    assert load_config(tmp_path / "c.yaml").train.lr == 3e-4
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config(None, ["train.lr=fast"])
+
+
 def test_save_and_reload_is_identical(tmp_path):
     cfg = load_config(None, ["train.steps=7", "model.lora.rank=4"])
     save_config(cfg, tmp_path / "c.yaml")

@@ -101,6 +101,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "2e-5" (no dot) as a string; users mean the number
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(key, value, "expected a number")
     if tp is str:
         if isinstance(value, str):

@@ -59,7 +59,8 @@ class SamplingConfig:
     num_steps: int = option(10, "denoising steps N of the sampler", min=2)
     shift: float = option(3.0, "static schedule shift k (paper: 3)", min=0.0, min_exclusive=True)
     dynamic_shift: bool = option(False, "use FLUX's resolution-dependent shift instead of `shift`")
-    noise_level: float = option(0.7, "SDE noise level (eta for dance, a for flow)", min=0.0)
+    noise_level: float = option(0.4, "SDE noise level (eta for dance, a for flow; paper: 0.4)",
+                                min=0.0)
     sde_kind: str = option("dance", "SDE noise form", choices=("dance", "flow"))
     group_size: int = option(8, "G: samples per (prompt, reference) group", min=2)
     groups_per_step: int = option(4, "groups sampled per training step (per process)", min=1)
