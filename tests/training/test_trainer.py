@@ -108,6 +108,15 @@ def test_tdw_weight_is_taken_at_the_trained_step(tiny_config, tmp_path):
     torch.testing.assert_close(sums, torch.zeros_like(sums), atol=1e-5, rtol=0)
 
 
+def test_last_step_is_never_stochastic(tiny_config, tmp_path):
+    # the last step is never trained, so its noise would only degrade the scored images
+    trainer = Trainer(tiny_config("sampling.num_steps=5"), tmp_path / "run")
+    rollout = trainer.sample(0)
+    assert rollout.trajectory.sde_steps.tolist() == [True, True, True, True, False]
+    assert (rollout.trajectory.log_probs[:, -1] == 0).all()
+    assert (rollout.trajectory.log_probs[:, :-1] != 0).all()
+
+
 def test_window_trains_only_inside_the_window(tiny_config, tmp_path):
     trainer = Trainer(tiny_config("train.timestep_selection=window", "train.window_size=2",
                                   "sampling.num_steps=5"), tmp_path / "run")

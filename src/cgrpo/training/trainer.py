@@ -188,14 +188,21 @@ class Trainer:
         return out
 
     def trained_steps_mask(self, step: int) -> torch.Tensor:
-        """``[N]`` bool: which sampler steps are stochastic this step (MixGRPO: the window)."""
+        """``[N]`` bool: which sampler steps are stochastic this step.
+
+        Only the first N-1 steps are ever trained, so the last step is always the
+        deterministic ODE step: noise injected there would only blur the images the
+        rewards score (in pixel space it shows as speckle). MixGRPO: only the window.
+        """
         t = self.config.train
         n = self.config.sampling.num_steps
         if t.timestep_selection == "window":
             window = sliding_window(n, t.window_size, t.window_stride, step,
                                     t.window_shift_interval)
             return window.sde_mask()
-        return torch.ones(n, dtype=torch.bool)
+        mask = torch.ones(n, dtype=torch.bool)
+        mask[-1] = False
+        return mask
 
     def sample(self, step: int) -> Rollout:
         cfg = self.config.sampling
