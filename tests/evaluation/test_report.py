@@ -78,7 +78,7 @@ def test_pareto_figure_axes_front_and_error_bars():
     fig = pareto_figure(points, "dino-seg", "hpsv3")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "dino-seg" and ax.get_ylabel() == "hpsv3"
-    assert [t.get_text() for t in ax.texts] == ["a", "b", "c"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "c"]
     front = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
     assert len(front) == 1 and list(front[0].get_xdata()) == [0.5, 0.6]
 

@@ -43,7 +43,7 @@ table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nu
 th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: right;
          white-space: nowrap; }
 th { font-size: 12px; color: var(--muted); font-weight: 600; background: #fafbfc; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child { text-align: left; white-space: normal; }
 td .v { font-weight: 600; }
 td .ci { color: var(--muted); font-size: 11px; margin-left: 6px; }
 tr:hover td { background: #f0f4f8; }

@@ -80,14 +80,7 @@ def pareto_figure(
             elinewidth=1.2,
             capsize=3,
             markersize=7,
-        )
-        ax.annotate(
-            p.label,
-            (p.x.mean, p.y.mean),
-            textcoords="offset points",
-            xytext=(6, 6),
-            fontsize=8,
-            color=color,
+            label=p.label,
         )
     for p in extra:
         if math.isnan(p.x.mean) or math.isnan(p.y.mean):
@@ -116,6 +109,9 @@ def pareto_figure(
             linewidth=1,
             zorder=0,
         )
+    if shown:
+        # Below the axes, so close runs (a base and its fine-tune) never hide each other's labels.
+        fig.legend(loc="outside lower center", ncols=min(len(shown), 3), fontsize=8, frameon=False)
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title(title or f"{y_label} vs {x_label} (mean, 95% CI)", fontsize=10)
