@@ -139,25 +139,6 @@ def items_factory():
     return make_items
 
 
-@pytest.fixture(scope="session")
-def tiny_dino_path(tmp_path_factory) -> Path:
-    """A randomly initialised, tiny DINOv2 saved like a real checkpoint."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-dinov2")
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        mlp_ratio=2,
-        image_size=224,
-        patch_size=16,
-    )
-    Dinov2Model(config).save_pretrained(path)
-    return path
-
-
 def synthetic_records(
     n_subjects: int = 3,
     n_prompts: int = 5,

@@ -24,13 +24,13 @@ def _eval(*argv: str) -> int:
 
 
 @pytest.fixture
-def setup(tmp_path, tiny_dino_path):
+def setup(tmp_path, tiny_dino_dir):
     config = tmp_path / "tiny.yaml"
     config.write_text(
         yaml.safe_dump({"model": {"backend": "eval-tiny-test"}, "eval": {"num_steps": 3}})
     )
     options = tmp_path / "metrics.yaml"
-    options.write_text(yaml.safe_dump({"dino": {"path": str(tiny_dino_path)}}))
+    options.write_text(yaml.safe_dump({"dino": {"path": str(tiny_dino_dir)}}))
     return config, options
 
 

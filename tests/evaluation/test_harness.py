@@ -152,7 +152,7 @@ def test_other_systems_images_are_found_and_scored(items_factory, mean_match, tm
 
 
 def test_reference_scored_against_itself_is_the_maximum_for_dino(
-    tiny_dino_path, tmp_path, dreambench_root
+    tiny_dino_dir, tmp_path, dreambench_root
 ):
     """Through the whole --images path: the harness pairs each image with its own reference."""
     from cgrpo.data.base import load_image
@@ -175,7 +175,7 @@ def test_reference_scored_against_itself_is_the_maximum_for_dino(
     for it in items:
         save_png(refs[it.subject], system / it.subject / "00_0.png")
         save_png(refs["teapot" if it.subject == "dog" else "dog"], system / it.subject / "00_1.png")
-    dino = build_reward("dino", {"path": str(tiny_dino_path)})
+    dino = build_reward("dino", {"path": str(tiny_dino_dir)})
     records = run_evaluation(items, tmp_path / "out", [dino], images_dir=system, progress=False)
     score = {(r["key"], r["seed"]): r["scores"]["dino"] for r in records}
     for key in ("dog/00", "teapot/00"):
