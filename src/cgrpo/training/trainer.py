@@ -509,7 +509,8 @@ class Trainer:
         labels = []
         for i in pick:
             for tag, sc in (("base", s_before), ("trained", s_after)):
-                labels.append(tag + "\n" + " ".join(f"{float(v[i]):.2f}" for v in sc.columns.values()))
+                labels.append(tag + "\n" + " ".join(f"{name.split('-')[-1][:6]} {float(v[i]):.2f}"
+                                                     for name, v in sc.columns.items()))
         grid = group_grid([items[i].references[0] for i in pick], images, 2,
                           [items[i].prompt for i in pick], labels)
         grid.save(self.run_dir / "before_after.png")
