@@ -409,8 +409,9 @@ class Trainer:
                               f"continue with: cgrpo train --resume {self.run_dir}") from None
         if bar is not None:
             bar.close()
+        self._checkpoint()  # every process: it holds a barrier
+        self._check_replicas_in_sync()
         if self.is_main:
-            self._checkpoint()
             self.policy.save_adapter(self.run_dir / "final")
         if cfg.eval.before_after:
             summary["after"] = self.evaluate(adapter=True)
@@ -440,6 +441,17 @@ class Trainer:
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and \
                 step < self.config.train.steps:
             self._checkpoint()
+
+    def _check_replicas_in_sync(self) -> None:
+        """Fail loudly if processes hold different LoRA weights (gradients not synced)."""
+        if self.world_size == 1:
+            return
+        flat = torch.cat([p.detach().float().flatten() for p in self.policy.trainable_parameters()])
+        stats = torch.stack([flat.sum(), flat.square().sum()]).to(self.device)[None]
+        everyone = self.accelerator.gather(stats).cpu()
+        if not torch.allclose(everyone, everyone[:1].expand_as(everyone), rtol=1e-5, atol=1e-7):
+            raise RuntimeError("LoRA weights differ between processes: gradients were not "
+                               f"synchronised (per-process sums {everyone[:, 0].tolist()})")
 
     def _checkpoint(self) -> Path | None:
         self.accelerator.wait_for_everyone()
