@@ -1,13 +1,8 @@
 """Training data: examples of (prompt, reference images, optional masks), by name."""
 
-import importlib
-import importlib.util
-
+# Built-in datasets register themselves in DATASETS on import.
+import cgrpo.data.files  # noqa: F401
+import cgrpo.world.dataset  # noqa: F401
 from cgrpo.data.base import DATASETS, Example, build_dataset, image_to_tensor, load_image
-
-_BUILTIN_MODULES = ("cgrpo.world.dataset", "cgrpo.data.files")
-for _name in _BUILTIN_MODULES:
-    if importlib.util.find_spec(_name) is not None:
-        importlib.import_module(_name)
 
 __all__ = ["DATASETS", "Example", "build_dataset", "image_to_tensor", "load_image"]

@@ -4,9 +4,9 @@ Importing this package registers the built-in rewards. Modules that need heavy
 dependencies import them lazily inside the reward that uses them.
 """
 
-import importlib
-import importlib.util
-
+# Built-in reward modules register their rewards in REWARDS on import (heavy models
+# load lazily inside each reward, so these imports are cheap).
+from cgrpo.rewards import clip, custom, dino, hpsv3, remote, toy, vlm  # noqa: F401
 from cgrpo.rewards.base import (
     REWARDS,
     Reward,
@@ -15,11 +15,5 @@ from cgrpo.rewards.base import (
     ScoreRequest,
     build_reward,
 )
-
-# Built-in reward modules; each registers its rewards in REWARDS on import.
-_BUILTIN_MODULES = ("toy", "dino", "clip", "hpsv3", "vlm", "custom", "remote")
-for _name in _BUILTIN_MODULES:
-    if importlib.util.find_spec(f"cgrpo.rewards.{_name}") is not None:
-        importlib.import_module(f"cgrpo.rewards.{_name}")
 
 __all__ = ["REWARDS", "Reward", "RewardBatch", "RewardContext", "ScoreRequest", "build_reward"]
