@@ -65,6 +65,8 @@ def _run_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 130
+    finally:
+        trainer.close()
     if trainer.is_main:
         table = held_out_table(summary)
         if table:

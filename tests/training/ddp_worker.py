@@ -33,3 +33,4 @@ try:
 except RuntimeError as e:
     report["desync_detected"] = "not synchronised" in str(e)
 (out / f"rank{trainer.rank}.json").write_text(json.dumps(report))
+trainer.close()

@@ -442,6 +442,12 @@ class Trainer:
                 step < self.config.train.steps:
             self._checkpoint()
 
+    def close(self) -> None:
+        """Leave the process group cleanly (an open gloo group can abort at interpreter exit)."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            self.accelerator.wait_for_everyone()
+            torch.distributed.destroy_process_group()
+
     def _check_replicas_in_sync(self) -> None:
         """Fail loudly if processes hold different LoRA weights (gradients not synced)."""
         if self.world_size == 1:
