@@ -170,7 +170,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _list_item(node, part, ".".join(parts[: i + 1]))
+            node = node[_list_index(node, part, ".".join(parts[: i + 1]))]
             continue
         if part not in node or node[part] is None:
             node[part] = {}
@@ -194,10 +194,6 @@ def _list_index(node: list, part: str, key: str) -> int:
         if isinstance(item, dict) and item.get("name") == part:
             return i
     raise ConfigError(key, part, f"no list item with that index or name (have {len(node)})")
-
-
-def _list_item(node: list, part: str, key: str) -> Any:
-    return node[_list_index(node, part, key)]
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:

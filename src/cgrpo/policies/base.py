@@ -49,13 +49,6 @@ class Condition:
     def to(self, device: torch.device | str) -> Condition:
         return Condition({k: v.to(device) for k, v in self.tensors.items()}, dict(self.extras))
 
-    @staticmethod
-    def cat(conds: Sequence[Condition]) -> Condition:
-        keys = conds[0].tensors.keys()
-        return Condition(
-            {k: torch.cat([c.tensors[k] for c in conds]) for k in keys}, dict(conds[0].extras)
-        )
-
 
 @dataclass(frozen=True)
 class LoraSettings:

@@ -137,8 +137,9 @@ class RewardContext:
     cache_dir: str | None = None
 
 
-def build_reward(name: str, options: dict[str, Any] | None = None,
-                 context: RewardContext | None = None) -> Reward:
+def build_reward(
+    name: str, options: dict[str, Any] | None = None, context: RewardContext | None = None
+) -> Reward:
     """Construct the reward registered as ``name`` (imports the built-in rewards first)."""
     import cgrpo.rewards  # noqa: F401  (registers the built-in rewards)
 
@@ -167,11 +168,6 @@ class RewardBatch:
         if missing:
             raise KeyError(f"no reward columns {missing}; have {self.names}")
         return torch.stack([self.columns[n] for n in names], dim=1)
-
-    @staticmethod
-    def concat(batches: Sequence[RewardBatch]) -> RewardBatch:
-        names = batches[0].names
-        return RewardBatch({n: torch.cat([b.columns[n] for b in batches]) for n in names})
 
 
 __all__ = [

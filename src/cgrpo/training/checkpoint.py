@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,6 @@ from cgrpo.config.train import Config, save_config
 from cgrpo.policies.base import Policy
 
 CHECKPOINT_PREFIX = "step-"
-
-
-@dataclass
-class TrainingState:
-    step: int
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
