@@ -12,8 +12,9 @@ from cgrpo.cli import build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cgrpo.cli", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cgrpo.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_version_and_help():
@@ -51,8 +52,17 @@ def test_train_bad_key_exits_2_before_any_work(capsys, tmp_path):
 def test_sample_empty_prompt_and_missing_reference(tmp_path, capsys):
     assert main(["sample", "--config", "x.yaml", "--reference", "r.png", "--prompt", " "]) == 2
     assert "--prompt" in capsys.readouterr().err
-    code = main(["sample", "--config", "x.yaml", "--reference", str(tmp_path / "missing.png"),
-                 "--prompt", "a toy"])
+    code = main(
+        [
+            "sample",
+            "--config",
+            "x.yaml",
+            "--reference",
+            str(tmp_path / "missing.png"),
+            "--prompt",
+            "a toy",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "reference image not found" in err and "missing.png" in err

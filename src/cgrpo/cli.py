@@ -28,15 +28,23 @@ Multi-GPU: accelerate launch -m cgrpo.cli train --config ...   (one group set pe
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="GRPO fine-tuning of a backend with the configured rewards",
-                       description="Run GRPO (SARS + TDW by default) and write a run directory: "
-                       "config.yaml, metrics.jsonl, tensorboard/, samples/, checkpoints/, "
-                       "final/ (adapter) and summary.md.",
-                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "train",
+        help="GRPO fine-tuning of a backend with the configured rewards",
+        description="Run GRPO (SARS + TDW by default) and write a run directory: "
+        "config.yaml, metrics.jsonl, tensorboard/, samples/, checkpoints/, "
+        "final/ (adapter) and summary.md.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", type=Path, help="YAML preset (e.g. configs/toy.yaml)")
     p.add_argument("--output", type=Path, help="run directory (default: runs/<config name>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue a run from its latest checkpoint (uses its saved config)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run from its latest checkpoint (uses its saved config)",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     p.set_defaults(func=_run_train)
 
@@ -48,8 +56,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config:
-            raise ConfigError("--config", str(args.config), "not allowed with --resume "
-                              "(the run's saved config is used; pass overrides instead)")
+            raise ConfigError(
+                "--config",
+                str(args.config),
+                "not allowed with --resume "
+                "(the run's saved config is used; pass overrides instead)",
+            )
         config = load_config(args.resume / "config.yaml", args.overrides)
         run_dir = args.resume
     else:
@@ -57,8 +69,12 @@ def _run_train(args: argparse.Namespace) -> int:
         name = args.config.stem if args.config else "default"
         run_dir = args.output or Path("runs") / name
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-            raise ConfigError("--output", str(run_dir), "already holds a run; use --resume "
-                              f"{run_dir} to continue it or pick another --output")
+            raise ConfigError(
+                "--output",
+                str(run_dir),
+                "already holds a run; use --resume "
+                f"{run_dir} to continue it or pick another --output",
+            )
     trainer = Trainer(config, run_dir, resume=bool(args.resume))
     try:
         summary = trainer.train()
@@ -70,24 +86,36 @@ def _run_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         table = held_out_table(summary)
         if table:
-            print("\nHeld-out rewards, base model vs trained adapter "
-                  f"({summary['after']['n']} items, deterministic sampling):")
+            print(
+                "\nHeld-out rewards, base model vs trained adapter "
+                f"({summary['after']['n']} items, deterministic sampling):"
+            )
             print(table)
         print(f"\nrun directory: {run_dir}  (summary.md, metrics.jsonl, samples/, final/)")
     return 0
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="generate PNGs from the base model or a trained adapter",
-                       description="Generate images for a reference image and prompt(s) with "
-                       "deterministic sampling. Use --run for a trained adapter, or --config "
-                       "for the base model.")
+    p = sub.add_parser(
+        "sample",
+        help="generate PNGs from the base model or a trained adapter",
+        description="Generate images for a reference image and prompt(s) with "
+        "deterministic sampling. Use --run for a trained adapter, or --config "
+        "for the base model.",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", type=Path, help="config YAML (base model, no adapter)")
     src.add_argument("--run", type=Path, help="run directory (its config and final adapter)")
-    p.add_argument("--checkpoint", default="final", help="final, latest or step-NNNNNN (with --run)")
-    p.add_argument("--reference", type=Path, action="append", required=True,
-                   help="reference image (repeat for several references)")
+    p.add_argument(
+        "--checkpoint", default="final", help="final, latest or step-NNNNNN (with --run)"
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        action="append",
+        required=True,
+        help="reference image (repeat for several references)",
+    )
     p.add_argument("--prompt", action="append", required=True, help="prompt (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=1, help="images per prompt")
@@ -112,8 +140,12 @@ def _run_sample(args: argparse.Namespace) -> int:
     refs = [load_image(p, "reference image") for p in args.reference]
     size = refs[0].shape[1:]
     if any(r.shape[1:] != size for r in refs):
-        refs = [torch.nn.functional.interpolate(r[None], size=tuple(size), mode="bilinear",
-                                                antialias=True)[0] for r in refs]
+        refs = [
+            torch.nn.functional.interpolate(
+                r[None], size=tuple(size), mode="bilinear", antialias=True
+            )[0]
+            for r in refs
+        ]
     references = torch.stack(refs)
     if args.run:
         config, policy = load_run_policy(args.run, args.checkpoint)
@@ -121,9 +153,15 @@ def _run_sample(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         policy = build_policy_from_config(config).eval()
     prompts = [p for p in args.prompt for _ in range(args.num_images)]
-    images = generate(policy, prompts, [references] * len(prompts), num_steps=args.num_steps,
-                      shift=config.sampling.shift, dynamic_shift=config.sampling.dynamic_shift,
-                      seed=args.seed)
+    images = generate(
+        policy,
+        prompts,
+        [references] * len(prompts),
+        num_steps=args.num_steps,
+        shift=config.sampling.shift,
+        dynamic_shift=config.sampling.dynamic_shift,
+        seed=args.seed,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     for i, (prompt, image) in enumerate(zip(prompts, images)):
         slug = "".join(c if c.isalnum() else "_" for c in prompt)[:48].strip("_")
@@ -134,9 +172,12 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 def _add_config(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="show a resolved config or list every field",
-                       description="Print the resolved config (preset + overrides) as YAML, "
-                       "or with --describe every field with its type, default and help.")
+    p = sub.add_parser(
+        "config",
+        help="show a resolved config or list every field",
+        description="Print the resolved config (preset + overrides) as YAML, "
+        "or with --describe every field with its type, default and help.",
+    )
     p.add_argument("--config", type=Path, help="YAML preset")
     p.add_argument("--describe", action="store_true", help="list every field with help text")
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
@@ -153,17 +194,21 @@ def _run_config(args: argparse.Namespace) -> int:
         for key, tp, default, text in describe(Config):
             print(f"{key:36s} {tp:18s} {default!s:14s} {text}")
         return 0
-    print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False),
-          end="")
+    print(
+        yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end=""
+    )
     return 0
 
 
 def _add_serve_reward(sub: argparse._SubParsersAction) -> None:
     from cgrpo.rewards import server
 
-    p = sub.add_parser("serve-reward", help="serve a registered reward over HTTP (JSON + PNG)",
-                       description="Serve any registered reward on 127.0.0.1 (by default) so "
-                       "that training can use it out of process through the `remote` reward.")
+    p = sub.add_parser(
+        "serve-reward",
+        help="serve a registered reward over HTTP (JSON + PNG)",
+        description="Serve any registered reward on 127.0.0.1 (by default) so "
+        "that training can use it out of process through the `remote` reward.",
+    )
     server.add_arguments(p)
     p.set_defaults(func=server.run)
 
@@ -171,22 +216,30 @@ def _add_serve_reward(sub: argparse._SubParsersAction) -> None:
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     from cgrpo.evaluation import cli as ev
 
-    p = sub.add_parser("eval", help="generate and score a benchmark (DreamBench, toybench) "
-                       "or score existing images",
-                       description="Evaluate a base model or a trained adapter on DreamBench "
-                       "or toybench (resumable), or score images made by another system; "
-                       "writes per-pair CSV, tables with 95% bootstrap CIs, grids, a Pareto "
-                       "plot and report.html.")
+    p = sub.add_parser(
+        "eval",
+        help="generate and score a benchmark (DreamBench, toybench) or score existing images",
+        description="Evaluate a base model or a trained adapter on DreamBench "
+        "or toybench (resumable), or score images made by another system; "
+        "writes per-pair CSV, tables with 95% bootstrap CIs, grids, a Pareto "
+        "plot and report.html.",
+    )
     ev.add_eval_arguments(p)
     p.set_defaults(func=ev.run_eval)
-    p = sub.add_parser("report", help="rebuild tables, plots and report.html from eval outputs",
-                       description="Rebuild the report of one or more evaluation directories "
-                       "(several: one Pareto plot across them).")
+    p = sub.add_parser(
+        "report",
+        help="rebuild tables, plots and report.html from eval outputs",
+        description="Rebuild the report of one or more evaluation directories "
+        "(several: one Pareto plot across them).",
+    )
     ev.add_report_arguments(p)
     p.set_defaults(func=ev.run_report)
-    p = sub.add_parser("compare", help="metric deltas between two evaluations, with CIs",
-                       description="Per-metric differences B - A over the pairs both "
-                       "evaluations scored, with paired bootstrap 95% CIs.")
+    p = sub.add_parser(
+        "compare",
+        help="metric deltas between two evaluations, with CIs",
+        description="Per-metric differences B - A over the pairs both "
+        "evaluations scored, with paired bootstrap 95% CIs.",
+    )
     ev.add_compare_arguments(p)
     p.set_defaults(func=ev.run_compare)
 

@@ -17,17 +17,23 @@ from cgrpo.grpo import dynamic_sigma_schedule, sde_step, sigma_schedule
 from cgrpo.policies.base import Condition, Policy
 
 
-def make_sigmas(policy: Policy, num_steps: int, shift: float = 3.0,
-                dynamic_shift: bool = False) -> torch.Tensor:
+def make_sigmas(
+    policy: Policy, num_steps: int, shift: float = 3.0, dynamic_shift: bool = False
+) -> torch.Tensor:
     """The ``[N + 1]`` sigma schedule (1 -> 0) for ``policy``: static ``shift`` or FLUX's dynamic."""
     if dynamic_shift:
         return dynamic_sigma_schedule(num_steps, policy.image_seq_len)
     return sigma_schedule(num_steps, shift)
 
 
-def initial_noise(policy: Policy, n: int, generator: torch.Generator,
-                  group_size: int = 1, device: torch.device | str | None = None,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def initial_noise(
+    policy: Policy,
+    n: int,
+    generator: torch.Generator,
+    group_size: int = 1,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """``[n, *latent_shape]`` standard normal noise drawn on the CPU (device-independent).
 
     With ``group_size > 1`` each run of ``group_size`` consecutive rows shares one draw
@@ -63,11 +69,18 @@ class Trajectory:
 
 
 @torch.no_grad()
-def sample_trajectory(policy: Policy, cond: Condition, noise: torch.Tensor, sigmas: torch.Tensor,
-                      *, noise_level: float = 0.0, kind: str = "dance",
-                      sde_steps: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None,
-                      chunk_size: int = 0) -> Trajectory:
+def sample_trajectory(
+    policy: Policy,
+    cond: Condition,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    noise_level: float = 0.0,
+    kind: str = "dance",
+    sde_steps: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 0,
+) -> Trajectory:
     """Run the sampler on a batch, ``chunk_size`` images per forward (0 = all at once).
 
     ``sde_steps`` (``[N]`` bool) marks the stochastic steps (default: all when
@@ -107,14 +120,23 @@ def sample_trajectory(policy: Policy, cond: Condition, noise: torch.Tensor, sigm
             outs.append(res.prev_sample)
         x = torch.cat(outs)
         latents.append(x)
-    return Trajectory(torch.stack(latents, dim=1), log_probs, sigmas.cpu(),
-                      sde_steps.to(torch.bool).cpu())
+    return Trajectory(
+        torch.stack(latents, dim=1), log_probs, sigmas.cpu(), sde_steps.to(torch.bool).cpu()
+    )
 
 
 @torch.no_grad()
-def generate(policy: Policy, prompts: Sequence[str], references: Sequence[torch.Tensor], *,
-             num_steps: int = 20, shift: float = 3.0, dynamic_shift: bool = False,
-             seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+def generate(
+    policy: Policy,
+    prompts: Sequence[str],
+    references: Sequence[torch.Tensor],
+    *,
+    num_steps: int = 20,
+    shift: float = 3.0,
+    dynamic_shift: bool = False,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> torch.Tensor:
     """Deterministic (ODE) generation: ``[B, 3, H, W]`` float images in [0, 1].
 
     Item ``i`` starts from noise drawn from ``seed + i``, so an image does not depend on the
@@ -128,10 +150,12 @@ def generate(policy: Policy, prompts: Sequence[str], references: Sequence[torch.
     for start in range(0, len(prompts), batch_size):
         idx = range(start, min(start + batch_size, len(prompts)))
         cond = policy.encode([prompts[i] for i in idx], [references[i] for i in idx]).to(device)
-        noise = torch.cat([
-            initial_noise(policy, 1, torch.Generator().manual_seed(seed + i), device=device)
-            for i in idx
-        ])
+        noise = torch.cat(
+            [
+                initial_noise(policy, 1, torch.Generator().manual_seed(seed + i), device=device)
+                for i in idx
+            ]
+        )
         traj = sample_trajectory(policy, cond, noise, sigmas)
         images.append(policy.decode(traj.final).float().cpu())
     return torch.cat(images)

@@ -52,13 +52,16 @@ def test_bad_values_name_the_key(override, key, fragment):
 
 def test_inconsistent_window_is_rejected():
     with pytest.raises(ConfigError, match="train.window_size"):
-        load_config(None, ["train.timestep_selection=window", "train.window_size=10",
-                           "sampling.num_steps=10"])
+        load_config(
+            None,
+            ["train.timestep_selection=window", "train.window_size=10", "sampling.num_steps=10"],
+        )
 
 
 def test_overrides_address_rewards_by_name_and_parse_yaml():
-    cfg = load_config(None, ["rewards.toy-id.weight=2", "train.betas=[0.8, 0.9]",
-                             "sampling.same_noise=false"])
+    cfg = load_config(
+        None, ["rewards.toy-id.weight=2", "train.betas=[0.8, 0.9]", "sampling.same_noise=false"]
+    )
     assert cfg.rewards[1].weight == 2.0
     assert cfg.train.betas == (0.8, 0.9)
     assert cfg.sampling.same_noise is False

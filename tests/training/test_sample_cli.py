@@ -19,9 +19,27 @@ def test_sample_from_a_run_and_from_the_base(tiny_config, tiny_overrides, tmp_pa
     Trainer(tiny_config("train.steps=1"), tmp_path / "run").train()
     ref = _reference(tmp_path / "ref.png")
     out = tmp_path / "out"
-    code = main(["sample", "--run", str(tmp_path / "run"), "--reference", str(ref),
-                 "--prompt", "a mug in the snow", "--prompt", "a red mug", "--num-images", "2",
-                 "--num-steps", "3", "--seed", "5", "--out", str(out)])
+    code = main(
+        [
+            "sample",
+            "--run",
+            str(tmp_path / "run"),
+            "--reference",
+            str(ref),
+            "--prompt",
+            "a mug in the snow",
+            "--prompt",
+            "a red mug",
+            "--num-images",
+            "2",
+            "--num-steps",
+            "3",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     files = sorted(out.glob("*.png"))
     assert len(files) == 4
@@ -31,12 +49,32 @@ def test_sample_from_a_run_and_from_the_base(tiny_config, tiny_overrides, tmp_pa
 
     # same seed, base model via --config: deterministic and different from the adapter's
     base = tmp_path / "base"
-    args = ["sample", "--reference", str(ref), "--prompt", "a mug in the snow", "--num-steps", "3",
-            "--seed", "5"]
+    args = [
+        "sample",
+        "--reference",
+        str(ref),
+        "--prompt",
+        "a mug in the snow",
+        "--num-steps",
+        "3",
+        "--seed",
+        "5",
+    ]
     (tmp_path / "tiny.yaml").write_text("{}\n")
     for folder in (base, tmp_path / "base2"):
-        assert main([*args, "--config", str(tmp_path / "tiny.yaml"), "--out", str(folder),
-                     *tiny_overrides]) == 0
+        assert (
+            main(
+                [
+                    *args,
+                    "--config",
+                    str(tmp_path / "tiny.yaml"),
+                    "--out",
+                    str(folder),
+                    *tiny_overrides,
+                ]
+            )
+            == 0
+        )
     a = np.asarray(Image.open(next(base.glob("*.png"))))
     b = np.asarray(Image.open(next((tmp_path / "base2").glob("*.png"))))
     assert np.array_equal(a, b)

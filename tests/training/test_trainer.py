@@ -24,9 +24,19 @@ def test_three_steps_write_a_complete_run(tiny_config, tmp_path):
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("reward/toy-prompt/mean", "reward/toy-id/std", "adv/toy-id/abs_mean",
-                "conflict_rate", "loss", "ratio_mean", "clip_fraction", "kl", "grad_norm", "lr",
-                "time/step"):
+    for key in (
+        "reward/toy-prompt/mean",
+        "reward/toy-id/std",
+        "adv/toy-id/abs_mean",
+        "conflict_rate",
+        "loss",
+        "ratio_mean",
+        "clip_fraction",
+        "kl",
+        "grad_norm",
+        "lr",
+        "time/step",
+    ):
         assert key in rows[0], key
     # recomputed log-probs equal the sampled ones before the first optimizer step
     assert all(r["first_update_ratio_dev"] < 1e-5 for r in rows)
@@ -52,8 +62,9 @@ def test_only_lora_parameters_change(tiny_config, tmp_path):
             continue
         assert p.grad is None, n
         assert torch.equal(p, before[n]), n
-    changed = [n for n, p in policy.named_parameters()
-               if "lora_B" in n and not torch.equal(p, before[n])]
+    changed = [
+        n for n, p in policy.named_parameters() if "lora_B" in n and not torch.equal(p, before[n])
+    ]
     assert changed
 
 
@@ -88,9 +99,18 @@ def test_sampling_does_not_depend_on_chunking(tiny_config, tmp_path):
     cond = policy.encode([e.prompt for e in ex], [e.references for e in ex]).repeat_interleave(3)
     noise = initial_noise(policy, 6, torch.Generator().manual_seed(0), group_size=3)
     assert torch.equal(noise[0], noise[2]) and not torch.equal(noise[0], noise[3])
-    runs = [sample_trajectory(policy, cond, noise, trainer.sigmas, noise_level=0.7,
-                              generator=torch.Generator().manual_seed(1), chunk_size=c)
-            for c in (0, 4)]
+    runs = [
+        sample_trajectory(
+            policy,
+            cond,
+            noise,
+            trainer.sigmas,
+            noise_level=0.7,
+            generator=torch.Generator().manual_seed(1),
+            chunk_size=c,
+        )
+        for c in (0, 4)
+    ]
     torch.testing.assert_close(runs[0].latents, runs[1].latents)
     torch.testing.assert_close(runs[0].log_probs, runs[1].log_probs)
 
@@ -118,8 +138,12 @@ def test_last_step_is_never_stochastic(tiny_config, tmp_path):
 
 
 def test_window_trains_only_inside_the_window(tiny_config, tmp_path):
-    trainer = Trainer(tiny_config("train.timestep_selection=window", "train.window_size=2",
-                                  "sampling.num_steps=5"), tmp_path / "run")
+    trainer = Trainer(
+        tiny_config(
+            "train.timestep_selection=window", "train.window_size=2", "sampling.num_steps=5"
+        ),
+        tmp_path / "run",
+    )
     rollout = trainer.sample(0)
     assert rollout.trajectory.sde_steps.tolist() == [True, True, False, False, False]
     assert (rollout.trajectory.log_probs[:, 2:] == 0).all()
@@ -147,9 +171,15 @@ def test_interrupt_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("strategy", ["linear", "min", "max", "harmonic", "product"])
 def test_every_strategy_trains(tiny_config, tmp_path, strategy):
-    summary = Trainer(tiny_config("train.steps=1", f"advantage.strategy={strategy}",
-                                  "logging.sample_every=0", "logging.tensorboard=false"),
-                      tmp_path / strategy).train()
+    summary = Trainer(
+        tiny_config(
+            "train.steps=1",
+            f"advantage.strategy={strategy}",
+            "logging.sample_every=0",
+            "logging.tensorboard=false",
+        ),
+        tmp_path / strategy,
+    ).train()
     assert torch.isfinite(torch.tensor(summary["last_metrics"]["loss"]))
 
 

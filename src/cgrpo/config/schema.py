@@ -26,15 +26,27 @@ class ConfigError(ValueError):
         super().__init__(f"config error: {key} = {value!r}: {allowed}")
 
 
-def option(default: Any = _MISSING, help: str = "", *, choices: typing.Sequence[Any] | None = None,
-           min: float | None = None, max: float | None = None, min_exclusive: bool = False,
-           default_factory: Any = _MISSING) -> Any:
+def option(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    choices: typing.Sequence[Any] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    default_factory: Any = _MISSING,
+) -> Any:
     """A dataclass field with help text and optional checks (``min``/``max``/``choices``).
 
     A field with neither default nor factory is required.
     """
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "min": min, "max": max, "min_exclusive": min_exclusive}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+    }
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -130,7 +142,9 @@ def _check_bounds(f: dataclasses.Field, value: Any, key: str) -> None:
             rng = f"{op} {lo}" + (f" and <= {hi}" if hi is not None else "")
             raise ConfigError(key, value, f"must be {rng}")
         if hi is not None and value > hi:
-            raise ConfigError(key, value, f"must be <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
+            raise ConfigError(
+                key, value, f"must be <= {hi}" + (f" and >= {lo}" if lo is not None else "")
+            )
 
 
 def parse(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
@@ -146,7 +160,9 @@ def parse(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
-            raise ConfigError(key, value, f"unknown key; valid keys here: {', '.join(sorted(fields))}")
+            raise ConfigError(
+                key, value, f"unknown key; valid keys here: {', '.join(sorted(fields))}"
+            )
         coerced = _coerce(hints[name], value, key)
         _check_bounds(fields[name], coerced, key)
         kwargs[name] = coerced

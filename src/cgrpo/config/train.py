@@ -46,10 +46,15 @@ class DataConfig:
 @dataclass
 class RewardSpec:
     name: str = option(help="registered reward name (toy-id, toy-prompt, dino-seg, hpsv3, ...)")
-    role: str = option("monitor", "prompt, identity (trained on) or monitor (logged only)",
-                       choices=REWARD_ROLES)
-    weight: float = option(1.0, "share of its role's weight among rewards of the same role",
-                           min=0.0, min_exclusive=True)
+    role: str = option(
+        "monitor", "prompt, identity (trained on) or monitor (logged only)", choices=REWARD_ROLES
+    )
+    weight: float = option(
+        1.0,
+        "share of its role's weight among rewards of the same role",
+        min=0.0,
+        min_exclusive=True,
+    )
     column: str | None = option(None, "score column to use when the reward returns several")
     options: dict[str, Any] = option(default_factory=dict, help="reward options (see README)")
 
@@ -59,8 +64,9 @@ class SamplingConfig:
     num_steps: int = option(10, "denoising steps N of the sampler", min=2)
     shift: float = option(3.0, "static schedule shift k (paper: 3)", min=0.0, min_exclusive=True)
     dynamic_shift: bool = option(False, "use FLUX's resolution-dependent shift instead of `shift`")
-    noise_level: float = option(0.4, "SDE noise level (eta for dance, a for flow; paper: 0.4)",
-                                min=0.0)
+    noise_level: float = option(
+        0.4, "SDE noise level (eta for dance, a for flow; paper: 0.4)", min=0.0
+    )
     sde_kind: str = option("dance", "SDE noise form", choices=("dance", "flow"))
     group_size: int = option(8, "G: samples per (prompt, reference) group", min=2)
     groups_per_step: int = option(4, "groups sampled per training step (per process)", min=1)
@@ -70,15 +76,18 @@ class SamplingConfig:
 
 @dataclass
 class AdvantageConfig:
-    strategy: str = option("sars", "how per-reward advantages combine",
-                           choices=ADVANTAGE_STRATEGIES)
+    strategy: str = option(
+        "sars", "how per-reward advantages combine", choices=ADVANTAGE_STRATEGIES
+    )
     gamma: float = option(0.4, "interaction strength for sars / harmonic", min=0.0)
-    schedule: str = option("tdw", "reward-weight schedule over denoising steps",
-                           choices=WEIGHT_SCHEDULES)
+    schedule: str = option(
+        "tdw", "reward-weight schedule over denoising steps", choices=WEIGHT_SCHEDULES
+    )
     fixed_prompt_weight: float = option(0.5, "w_prompt for schedule=fixed", min=0.0, max=1.0)
     linear_start: float = option(0.7, "w_prompt at step 0 for schedule=linear", min=0.0, max=1.0)
-    linear_end: float = option(0.5, "w_prompt at the last step for schedule=linear",
-                               min=0.0, max=1.0)
+    linear_end: float = option(
+        0.5, "w_prompt at the last step for schedule=linear", min=0.0, max=1.0
+    )
 
 
 @dataclass
@@ -90,19 +99,26 @@ class OptimConfig:
     warmup_steps: int = option(0, "linear LR warm-up steps", min=0)
     grad_clip: float = option(1.0, "max gradient norm (0 = off)", min=0.0)
     updates_per_step: int = option(1, "optimizer steps per rollout (mini-batches)", min=1)
-    micro_batch: int = option(16, "(sample, timestep) pairs per forward/backward; "
-                              "gradients accumulate over micro-batches", min=1)
-    timestep_selection: str = option("random", "which steps are trained",
-                                     choices=("random", "window"))
-    timestep_fraction: float = option(0.6, "share of the first N-1 steps trained (random)",
-                                      min=0.0, max=1.0, min_exclusive=True)
+    micro_batch: int = option(
+        16,
+        "(sample, timestep) pairs per forward/backward; gradients accumulate over micro-batches",
+        min=1,
+    )
+    timestep_selection: str = option(
+        "random", "which steps are trained", choices=("random", "window")
+    )
+    timestep_fraction: float = option(
+        0.6, "share of the first N-1 steps trained (random)", min=0.0, max=1.0, min_exclusive=True
+    )
     window_size: int = option(4, "steps in the MixGRPO window (window)", min=1)
     window_stride: int = option(1, "steps the window moves per shift (window)", min=0)
     window_shift_interval: int = option(5, "training steps between window moves", min=1)
     clip_range: float = option(1e-4, "PPO ratio clip epsilon", min=0.0, min_exclusive=True)
     adv_clip: float = option(5.0, "advantage clip", min=0.0, min_exclusive=True)
     kl_coef: float = option(0.0, "weight of the KL to the frozen base (0 = off)", min=0.0)
-    mixed_precision: str = option("no", "accelerate mixed precision", choices=("no", "bf16", "fp16"))
+    mixed_precision: str = option(
+        "no", "accelerate mixed precision", choices=("no", "bf16", "fp16")
+    )
 
 
 @dataclass
@@ -118,8 +134,10 @@ class LoggingConfig:
 @dataclass
 class EvalConfig:
     before_after: bool = option(True, "score held-out prompts before and after training")
-    data: DataConfig = option(default_factory=lambda: DataConfig("toyworld", {}),
-                              help="held-out data (loaded with split 'heldout')")
+    data: DataConfig = option(
+        default_factory=lambda: DataConfig("toyworld", {}),
+        help="held-out data (loaded with split 'heldout')",
+    )
     num_items: int = option(48, "held-out items scored (a seeded random subset)", min=1)
     num_steps: int = option(10, "deterministic sampler steps for evaluation", min=2)
     seed: int = option(1234, "seed of the evaluation noise")
@@ -130,9 +148,13 @@ class Config:
     seed: int = option(0, "global seed; every random draw derives from (seed, step)")
     model: ModelConfig = option(default_factory=ModelConfig, help="generator and LoRA")
     data: DataConfig = option(default_factory=DataConfig, help="training prompts and references")
-    rewards: list[RewardSpec] = option(default_factory=lambda: [
-        RewardSpec("toy-prompt", "prompt"), RewardSpec("toy-id", "identity")],
-        help="rewards and their roles")
+    rewards: list[RewardSpec] = option(
+        default_factory=lambda: [
+            RewardSpec("toy-prompt", "prompt"),
+            RewardSpec("toy-id", "identity"),
+        ],
+        help="rewards and their roles",
+    )
     sampling: SamplingConfig = option(default_factory=SamplingConfig, help="rollouts")
     advantage: AdvantageConfig = option(default_factory=AdvantageConfig, help="advantages")
     train: OptimConfig = option(default_factory=OptimConfig, help="optimisation")
@@ -142,27 +164,44 @@ class Config:
     def validate(self, prefix: str = "") -> None:
         trained = [r for r in self.rewards if r.role != "monitor"]
         if not trained:
-            raise ConfigError("rewards", [r.name for r in self.rewards],
-                              "need at least one reward with role prompt or identity")
+            raise ConfigError(
+                "rewards",
+                [r.name for r in self.rewards],
+                "need at least one reward with role prompt or identity",
+            )
         names = [r.name for r in self.rewards]
-        dup = sorted({n for n in names if names.count(n) > 1 and
-                      not any(r.column for r in self.rewards if r.name == n)})
+        dup = sorted(
+            {
+                n
+                for n in names
+                if names.count(n) > 1 and not any(r.column for r in self.rewards if r.name == n)
+            }
+        )
         if dup:
             raise ConfigError("rewards", dup, "listed twice; give each entry its own `column`")
         roles = {r.role for r in trained}
         if self.advantage.strategy in ("sars", "harmonic") and roles != {"prompt", "identity"}:
-            raise ConfigError("advantage.strategy", self.advantage.strategy,
-                              "sars/harmonic need rewards of both roles prompt and identity")
-        if self.train.timestep_selection == "window" and \
-                self.train.window_size > self.sampling.num_steps - 1:
-            raise ConfigError("train.window_size", self.train.window_size,
-                              f"must be <= sampling.num_steps - 1 = {self.sampling.num_steps - 1}")
+            raise ConfigError(
+                "advantage.strategy",
+                self.advantage.strategy,
+                "sars/harmonic need rewards of both roles prompt and identity",
+            )
+        if (
+            self.train.timestep_selection == "window"
+            and self.train.window_size > self.sampling.num_steps - 1
+        ):
+            raise ConfigError(
+                "train.window_size",
+                self.train.window_size,
+                f"must be <= sampling.num_steps - 1 = {self.sampling.num_steps - 1}",
+            )
 
     @property
     def trained_rewards(self) -> list[RewardSpec]:
         """Rewards the advantage uses, prompt role first (column order of the advantage)."""
-        return [r for r in self.rewards if r.role == "prompt"] + \
-               [r for r in self.rewards if r.role == "identity"]
+        return [r for r in self.rewards if r.role == "prompt"] + [
+            r for r in self.rewards if r.role == "identity"
+        ]
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -176,8 +215,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             node[part] = {}
         node = node[part]
         if not isinstance(node, dict | list):
-            raise ConfigError(".".join(parts[: i + 1]), node, "is not a section; cannot set "
-                              f"{dotted}")
+            raise ConfigError(
+                ".".join(parts[: i + 1]), node, f"is not a section; cannot set {dotted}"
+            )
     last = parts[-1]
     if isinstance(node, list):
         idx = _list_index(node, last, dotted)
@@ -236,8 +276,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError("--config", str(path), f"not valid YAML ({e})".replace("\n", " ")) \
-            from None
+        raise ConfigError(
+            "--config", str(path), f"not valid YAML ({e})".replace("\n", " ")
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError("--config", str(path), "must be a YAML mapping of sections")
     return data
@@ -253,7 +294,19 @@ def save_config(config: Config, path: str | Path) -> None:
 
 
 __all__ = [
-    "AdvantageConfig", "Config", "DataConfig", "EvalConfig", "LoggingConfig", "LoraConfig",
-    "ModelConfig", "OptimConfig", "RewardSpec", "SamplingConfig", "load_config",
-    "config_from_dict", "parse_overrides", "save_config", "read_yaml",
+    "AdvantageConfig",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "LoggingConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RewardSpec",
+    "SamplingConfig",
+    "load_config",
+    "config_from_dict",
+    "parse_overrides",
+    "save_config",
+    "read_yaml",
 ]

@@ -147,8 +147,10 @@ class Policy(nn.Module):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
-        return {k: v.detach().cpu().contiguous() for k, v in
-                get_peft_model_state_dict(self.denoiser).items()}
+        return {
+            k: v.detach().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(self.denoiser).items()
+        }
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         from peft import set_peft_model_state_dict
@@ -183,8 +185,12 @@ POLICIES: Registry[Any] = Registry("backend")
 """Backend factories by name: ``factory(options: dict, device, dtype) -> Policy``."""
 
 
-def build_policy(name: str, options: dict[str, Any] | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Policy:
+def build_policy(
+    name: str,
+    options: dict[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Policy:
     import cgrpo.policies  # noqa: F401  (registers the built-in backends)
 
     return POLICIES.get(name)(dict(options or {}), torch.device(device), dtype)

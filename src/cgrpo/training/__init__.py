@@ -4,5 +4,11 @@ from cgrpo.training.rollout import Advantages, Rollout
 from cgrpo.training.runs import build_policy_from_config, load_run_policy
 from cgrpo.training.trainer import Interrupted, Trainer
 
-__all__ = ["Advantages", "Interrupted", "Rollout", "Trainer", "build_policy_from_config",
-           "load_run_policy"]
+__all__ = [
+    "Advantages",
+    "Interrupted",
+    "Rollout",
+    "Trainer",
+    "build_policy_from_config",
+    "load_run_policy",
+]

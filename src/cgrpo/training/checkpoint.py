@@ -29,8 +29,15 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
 
 
-def save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, config: Config, keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    config: Config,
+    keep: int = 2,
+) -> Path:
     """Write checkpoint ``step`` via a temporary directory and an atomic rename."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
@@ -38,12 +45,15 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer: torch.o
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     policy.save_adapter(tmp)
-    torch.save({
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }, tmp / "training_state.pt")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        tmp / "training_state.pt",
+    )
     (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time()}))
     save_config(config, tmp / "config.yaml")
     if final.exists():
@@ -64,14 +74,20 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir()
-             if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and not p.name.endswith(".tmp")
-             and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir()
+        and p.name.startswith(CHECKPOINT_PREFIX)
+        and not p.name.endswith(".tmp")
+        and (p / "state.json").is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def load_checkpoint(path: Path, policy: Policy, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> int:
+def load_checkpoint(
+    path: Path, policy: Policy, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> int:
     """Restore adapter, optimizer, scheduler and RNG states; return the step."""
     path = Path(path)
     policy.load_adapter(path)

@@ -37,8 +37,11 @@ class MetricsWriter:
         """Drop lines past ``step`` (a resumed run rewrites the steps after its checkpoint)."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def close(self) -> None:
@@ -65,8 +68,14 @@ def to_pil(image: torch.Tensor, scale: int = 1):
     return pil
 
 
-def group_grid(references: Sequence[torch.Tensor], images: torch.Tensor, group_size: int,
-               prompts: Sequence[str], labels: Sequence[str], cell: int = 96):
+def group_grid(
+    references: Sequence[torch.Tensor],
+    images: torch.Tensor,
+    group_size: int,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    cell: int = 96,
+):
     """A grid with one row per group: reference | G generations, captions under each cell.
 
     ``references`` has one ``[3, h, w]`` image per group; ``images`` is ``[n*G, 3, H, W]``;

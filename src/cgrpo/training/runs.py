@@ -12,12 +12,17 @@ from cgrpo.policies.base import LoraSettings, Policy, build_policy
 
 def lora_settings(config: Config) -> LoraSettings:
     lc = config.model.lora
-    return LoraSettings(rank=lc.rank, alpha=lc.alpha, dropout=lc.dropout,
-                        target_modules=tuple(lc.targets) if lc.targets else None)
+    return LoraSettings(
+        rank=lc.rank,
+        alpha=lc.alpha,
+        dropout=lc.dropout,
+        target_modules=tuple(lc.targets) if lc.targets else None,
+    )
 
 
-def build_policy_from_config(config: Config, device: torch.device | str = "cpu",
-                             with_lora: bool = False) -> Policy:
+def build_policy_from_config(
+    config: Config, device: torch.device | str = "cpu", with_lora: bool = False
+) -> Policy:
     """The configured backend (base weights), optionally with a fresh LoRA adapter."""
     policy = build_policy(config.model.backend, config.model.options, device=device)
     if with_lora:
@@ -48,8 +53,9 @@ def adapter_path(run_dir: str | Path, checkpoint: str = "final") -> Path:
     return path
 
 
-def load_run_policy(run_dir: str | Path, checkpoint: str = "final",
-                    device: torch.device | str = "cpu") -> tuple[Config, Policy]:
+def load_run_policy(
+    run_dir: str | Path, checkpoint: str = "final", device: torch.device | str = "cpu"
+) -> tuple[Config, Policy]:
     """The run's resolved config and its policy with the trained adapter loaded."""
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")

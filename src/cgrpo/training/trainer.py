@@ -98,23 +98,29 @@ def build_rewards(specs: list[RewardSpec], device: torch.device) -> ScoredReward
         reward = rewards[spec.name]
         if spec.column is not None:
             if spec.column not in reward.columns:
-                raise ConfigError(f"rewards.{spec.name}.column", spec.column,
-                                  f"choose from {', '.join(reward.columns)}")
+                raise ConfigError(
+                    f"rewards.{spec.name}.column",
+                    spec.column,
+                    f"choose from {', '.join(reward.columns)}",
+                )
             columns[spec.column] = spec
         elif len(reward.columns) == 1:
             columns[reward.columns[0]] = spec
         else:
-            raise ConfigError(f"rewards.{spec.name}.column", None,
-                              f"reward returns several columns; choose from "
-                              f"{', '.join(reward.columns)}")
+            raise ConfigError(
+                f"rewards.{spec.name}.column",
+                None,
+                f"reward returns several columns; choose from {', '.join(reward.columns)}",
+            )
     return ScoredRewards(rewards, columns)
 
 
 class Trainer:
     """Runs GRPO training for a :class:`~cgrpo.config.train.Config` into ``run_dir``."""
 
-    def __init__(self, config: Config, run_dir: str | Path, *, resume: bool = False,
-                 accelerator: Any = None) -> None:
+    def __init__(
+        self, config: Config, run_dir: str | Path, *, resume: bool = False, accelerator: Any = None
+    ) -> None:
         from accelerate import Accelerator
 
         self.config = config
@@ -153,24 +159,32 @@ class Trainer:
         elif cfg.advantage.schedule == "linear":
             sched_params = {"start": cfg.advantage.linear_start, "end": cfg.advantage.linear_end}
         self.schedule = make_weight_schedule(cfg.advantage.schedule, **sched_params)
-        self.sigmas = make_sigmas(self.policy, cfg.sampling.num_steps, cfg.sampling.shift,
-                                  cfg.sampling.dynamic_shift)
+        self.sigmas = make_sigmas(
+            self.policy, cfg.sampling.num_steps, cfg.sampling.shift, cfg.sampling.dynamic_shift
+        )
 
         params = self.policy.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=cfg.train.betas,
-                                           weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
+        )
         warm = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+        )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
-            self.policy, self.optimizer, self.scheduler)
+            self.policy, self.optimizer, self.scheduler
+        )
         if self._resume:
             found = list_checkpoints(self.run_dir)
             if not found:
-                raise FileNotFoundError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+                raise FileNotFoundError(
+                    f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}"
+                )
             self.step = load_checkpoint(found[-1], self.policy, self.optimizer, self.scheduler)
             log.info("resumed from %s at step %d", found[-1], self.step)
-        self.metrics = MetricsWriter(self.run_dir, cfg.logging.tensorboard) if self.is_main else None
+        self.metrics = (
+            MetricsWriter(self.run_dir, cfg.logging.tensorboard) if self.is_main else None
+        )
         if self.metrics is not None and self._resume:
             self.metrics.truncate_after(self.step)
 
@@ -197,8 +211,9 @@ class Trainer:
         t = self.config.train
         n = self.config.sampling.num_steps
         if t.timestep_selection == "window":
-            window = sliding_window(n, t.window_size, t.window_stride, step,
-                                    t.window_shift_interval)
+            window = sliding_window(
+                n, t.window_size, t.window_stride, step, t.window_shift_interval
+            )
             return window.sde_mask()
         mask = torch.ones(n, dtype=torch.bool)
         mask[-1] = False
@@ -209,18 +224,30 @@ class Trainer:
         examples = self.examples_for_step(step)
         g = cfg.group_size
         with torch.no_grad():
-            cond = self.policy.encode([e.prompt for e in examples],
-                                      [e.references for e in examples]).to(self.device)
+            cond = self.policy.encode(
+                [e.prompt for e in examples], [e.references for e in examples]
+            ).to(self.device)
         cond = cond.repeat_interleave(g)
         gen = generator_for(self.config.seed, "noise", step, self.rank)
-        noise = initial_noise(self.policy, len(examples) * g, gen,
-                              group_size=g if cfg.same_noise else 1, device=self.device)
+        noise = initial_noise(
+            self.policy,
+            len(examples) * g,
+            gen,
+            group_size=g if cfg.same_noise else 1,
+            device=self.device,
+        )
         self.policy.eval()
         traj = sample_trajectory(
-            self.policy, cond, noise, self.sigmas, noise_level=cfg.noise_level, kind=cfg.sde_kind,
+            self.policy,
+            cond,
+            noise,
+            self.sigmas,
+            noise_level=cfg.noise_level,
+            kind=cfg.sde_kind,
             sde_steps=self.trained_steps_mask(step),
             generator=generator_for(self.config.seed, "sde", step, self.rank),
-            chunk_size=cfg.chunk_size)
+            chunk_size=cfg.chunk_size,
+        )
         with torch.no_grad():
             images = self._decode(traj.final)
         group_examples = [e for e in examples for _ in range(g)]
@@ -228,8 +255,12 @@ class Trainer:
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         chunk = self.config.sampling.chunk_size or latents.shape[0]
-        return torch.cat([self.policy.decode(latents[i:i + chunk]).float().cpu()
-                          for i in range(0, latents.shape[0], chunk)])
+        return torch.cat(
+            [
+                self.policy.decode(latents[i : i + chunk]).float().cpu()
+                for i in range(0, latents.shape[0], chunk)
+            ]
+        )
 
     # ------------------------------------------------------------------ stage 2: score
     def score(self, rollout: Rollout) -> RewardBatch:
@@ -244,18 +275,30 @@ class Trainer:
         b = len(rollout)
         if cfg.train.timestep_selection == "window":
             t = cfg.train
-            timesteps = select_timesteps_window(n_steps, t.window_size, t.window_stride, step, b,
-                                                t.window_shift_interval)
+            timesteps = select_timesteps_window(
+                n_steps, t.window_size, t.window_stride, step, b, t.window_shift_interval
+            )
         else:
             timesteps = select_timesteps_random(
-                n_steps, cfg.train.timestep_fraction, b,
-                generator=generator_for(cfg.seed, "timesteps", step, self.rank))
+                n_steps,
+                cfg.train.timestep_fraction,
+                b,
+                generator=generator_for(cfg.seed, "timesteps", step, self.rank),
+            )
         weights = self._reward_weights(timesteps)  # [B, T, K]
-        combined = torch.stack([
-            combine_advantages(per_reward, weights[:, j], cfg.advantage.strategy,
-                               gamma=cfg.advantage.gamma, group_size=rollout.group_size)
-            for j in range(timesteps.shape[1])
-        ], dim=1)
+        combined = torch.stack(
+            [
+                combine_advantages(
+                    per_reward,
+                    weights[:, j],
+                    cfg.advantage.strategy,
+                    gamma=cfg.advantage.gamma,
+                    group_size=rollout.group_size,
+                )
+                for j in range(timesteps.shape[1])
+            ],
+            dim=1,
+        )
         return Advantages(per_reward, cols, timesteps, combined, weights, rewards)
 
     def _reward_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -290,7 +333,7 @@ class Trainer:
         for mb_index, mb in enumerate(minibatches):
             pairs = [(int(i), j) for i in mb for j in range(n_t)]
             n_pairs = len(pairs)
-            chunks = [pairs[k:k + t.micro_batch] for k in range(0, n_pairs, t.micro_batch)]
+            chunks = [pairs[k : k + t.micro_batch] for k in range(0, n_pairs, t.micro_batch)]
             for c_index, chunk in enumerate(chunks):
                 rows = torch.tensor([p[0] for p in chunk])
                 cols = torch.tensor([p[1] for p in chunk])
@@ -304,18 +347,30 @@ class Trainer:
                 sync = nullcontext() if last else self.accelerator.no_sync(self.model)
                 with sync, self.accelerator.autocast():
                     v = self.model(x, sigmas[step_idx], cond)
-                    res = sde_step(v, x, sigmas, step_idx.to(self.device),
-                                   cfg.sampling.noise_level, cfg.sampling.sde_kind,
-                                   prev_sample=x_next)
+                    res = sde_step(
+                        v,
+                        x,
+                        sigmas,
+                        step_idx.to(self.device),
+                        cfg.sampling.noise_level,
+                        cfg.sampling.sde_kind,
+                        prev_sample=x_next,
+                    )
                     loss, ps = ppo_clip_loss(res.log_prob, old_lp, a, t.clip_range, t.adv_clip)
                     total = loss
                     kl_value = 0.0
                     if t.kl_coef > 0:
                         with torch.no_grad(), self.policy.adapter_disabled():
                             v_ref = self.policy(x, sigmas[step_idx], cond)
-                        ref = sde_step(v_ref, x, sigmas, step_idx.to(self.device),
-                                       cfg.sampling.noise_level, cfg.sampling.sde_kind,
-                                       prev_sample=x_next)
+                        ref = sde_step(
+                            v_ref,
+                            x,
+                            sigmas,
+                            step_idx.to(self.device),
+                            cfg.sampling.noise_level,
+                            cfg.sampling.sde_kind,
+                            prev_sample=x_next,
+                        )
                         kl = gaussian_kl(res.mean, ref.mean, res.std).mean()
                         total = total + t.kl_coef * kl
                         kl_value = float(kl.detach())
@@ -328,13 +383,16 @@ class Trainer:
                 stats["ratio_max"] = max(stats.get("ratio_max", -math.inf), ps.ratio_max)
                 stats["ratio_min"] = min(stats.get("ratio_min", math.inf), ps.ratio_min)
                 if mb_index == 0:
-                    first_ratio_dev = max(first_ratio_dev, abs(ps.ratio_max - 1),
-                                          abs(ps.ratio_min - 1))
+                    first_ratio_dev = max(
+                        first_ratio_dev, abs(ps.ratio_max - 1), abs(ps.ratio_min - 1)
+                    )
             params = self.policy.trainable_parameters()
             if t.grad_clip > 0:
                 norm = self.accelerator.clip_grad_norm_(params, t.grad_clip)
             else:
-                norm = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                norm = torch.norm(
+                    torch.stack([p.grad.norm() for p in params if p.grad is not None])
+                )
             stats["grad_norm"] += float(norm) / len(minibatches)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -355,8 +413,14 @@ class Trainer:
         t3 = time.perf_counter()
         metrics = self._step_metrics(rewards, adv)
         metrics.update(stats)
-        metrics.update({"time/sample": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2,
-                        "time/step": t3 - t0})
+        metrics.update(
+            {
+                "time/sample": t1 - t0,
+                "time/score": t2 - t1,
+                "time/update": t3 - t2,
+                "time/step": t3 - t0,
+            }
+        )
         self._last_rollout = (rollout, rewards)
         return metrics
 
@@ -392,8 +456,13 @@ class Trainer:
         if cfg.logging.progress and self.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
-                       dynamic_ncols=True)
+            bar = tqdm(
+                total=cfg.train.steps,
+                initial=self.step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
         last: dict[str, float] = {}
         try:
             while self.step < cfg.train.steps:
@@ -405,8 +474,10 @@ class Trainer:
             if bar is not None:
                 bar.close()
             path = self._checkpoint()
-            raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to {path}; "
-                              f"continue with: cgrpo train --resume {self.run_dir}") from None
+            raise Interrupted(
+                f"interrupted at step {self.step}; checkpoint saved to {path}; "
+                f"continue with: cgrpo train --resume {self.run_dir}"
+            ) from None
         if bar is not None:
             bar.close()
         self._checkpoint()  # every process: it holds a barrier
@@ -428,18 +499,25 @@ class Trainer:
     def _after_step(self, metrics: dict[str, float], bar: Any) -> None:
         cfg = self.config.logging
         step = self.step
-        if self.metrics is not None and (step % cfg.log_every == 0 or
-                                         step == self.config.train.steps):
+        if self.metrics is not None and (
+            step % cfg.log_every == 0 or step == self.config.train.steps
+        ):
             self.metrics.write(step, metrics)
         if bar is not None:
-            shown = {k.split("/")[1]: f"{v:.3f}" for k, v in metrics.items()
-                     if k.startswith("reward/") and k.endswith("/mean")}
+            shown = {
+                k.split("/")[1]: f"{v:.3f}"
+                for k, v in metrics.items()
+                if k.startswith("reward/") and k.endswith("/mean")
+            }
             bar.set_postfix(shown, refresh=False)
             bar.update(1)
         if self.is_main and cfg.sample_every and step % cfg.sample_every == 0:
             self._save_grid(step)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and \
-                step < self.config.train.steps:
+        if (
+            cfg.checkpoint_every
+            and step % cfg.checkpoint_every == 0
+            and step < self.config.train.steps
+        ):
             self._checkpoint()
 
     def close(self) -> None:
@@ -456,15 +534,24 @@ class Trainer:
         stats = torch.stack([flat.sum(), flat.square().sum()]).to(self.device)[None]
         everyone = self.accelerator.gather(stats).cpu()
         if not torch.allclose(everyone, everyone[:1].expand_as(everyone), rtol=1e-5, atol=1e-7):
-            raise RuntimeError("LoRA weights differ between processes: gradients were not "
-                               f"synchronised (per-process sums {everyone[:, 0].tolist()})")
+            raise RuntimeError(
+                "LoRA weights differ between processes: gradients were not "
+                f"synchronised (per-process sums {everyone[:, 0].tolist()})"
+            )
 
     def _checkpoint(self) -> Path | None:
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return None
-        return save_checkpoint(self.run_dir, self.step, self.policy, self.optimizer,
-                               self.scheduler, self.config, self.config.logging.keep_checkpoints)
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.policy,
+            self.optimizer,
+            self.scheduler,
+            self.config,
+            self.config.logging.keep_checkpoints,
+        )
 
     def _save_grid(self, step: int, max_groups: int = 4) -> None:
         rollout, rewards = self._last_rollout
@@ -474,9 +561,13 @@ class Trainer:
         for k in range(n * g):
             parts = [f"{name[:10]} {float(v[k]):.2f}" for name, v in rewards.columns.items()]
             labels.append("\n".join(parts))
-        grid = group_grid([rollout.examples[i * g].references[0] for i in range(n)],
-                          rollout.images[: n * g], g,
-                          [rollout.examples[i * g].prompt for i in range(n)], labels)
+        grid = group_grid(
+            [rollout.examples[i * g].references[0] for i in range(n)],
+            rollout.images[: n * g],
+            g,
+            [rollout.examples[i * g].prompt for i in range(n)],
+            labels,
+        )
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         grid.save(folder / f"step-{step:06d}.png")
@@ -495,17 +586,32 @@ class Trainer:
         ctx = nullcontext() if adapter else self.policy.adapter_disabled()
         self.policy.eval()
         with ctx:
-            images = generate(self.policy, [e.prompt for e in items],
-                              [e.references for e in items], num_steps=cfg.num_steps,
-                              shift=self.config.sampling.shift,
-                              dynamic_shift=self.config.sampling.dynamic_shift, seed=cfg.seed,
-                              batch_size=self.config.sampling.chunk_size or 32)
-        request = ScoreRequest(images, [e.prompt for e in items], [e.references for e in items],
-                               [e.reference_masks for e in items], [e.metadata for e in items])
+            images = generate(
+                self.policy,
+                [e.prompt for e in items],
+                [e.references for e in items],
+                num_steps=cfg.num_steps,
+                shift=self.config.sampling.shift,
+                dynamic_shift=self.config.sampling.dynamic_shift,
+                seed=cfg.seed,
+                batch_size=self.config.sampling.chunk_size or 32,
+            )
+        request = ScoreRequest(
+            images,
+            [e.prompt for e in items],
+            [e.references for e in items],
+            [e.reference_masks for e in items],
+            [e.metadata for e in items],
+        )
         scores = self.scorer.score(request)
         kinds = [str(e.metadata.get("kind", "all")) for e in items]
-        result: dict[str, Any] = {"n": len(items), "means": {}, "by_kind": {}, "kinds": kinds,
-                                  "scores": {k: v.tolist() for k, v in scores.columns.items()}}
+        result: dict[str, Any] = {
+            "n": len(items),
+            "means": {},
+            "by_kind": {},
+            "kinds": kinds,
+            "scores": {k: v.tolist() for k, v in scores.columns.items()},
+        }
         for name, values in scores.columns.items():
             result["means"][name] = float(values.mean())
             for kind in sorted(set(kinds)):
@@ -527,10 +633,21 @@ class Trainer:
         labels = []
         for i in pick:
             for tag, sc in (("base", s_before), ("trained", s_after)):
-                labels.append(tag + "\n" + " ".join(f"{name.split('-')[-1][:6]} {float(v[i]):.2f}"
-                                                     for name, v in sc.columns.items()))
-        grid = group_grid([items[i].references[0] for i in pick], images, 2,
-                          [items[i].prompt for i in pick], labels)
+                labels.append(
+                    tag
+                    + "\n"
+                    + " ".join(
+                        f"{name.split('-')[-1][:6]} {float(v[i]):.2f}"
+                        for name, v in sc.columns.items()
+                    )
+                )
+        grid = group_grid(
+            [items[i].references[0] for i in pick],
+            images,
+            2,
+            [items[i].prompt for i in pick],
+            labels,
+        )
         grid.save(self.run_dir / "before_after.png")
 
     def _write_json(self, name: str, data: Any) -> None:
@@ -538,20 +655,30 @@ class Trainer:
             (self.run_dir / name).write_text(json.dumps(data, indent=2))
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
-        lines = [f"# cgrpo run `{self.run_dir.name}`", "",
-                 f"- backend: `{self.config.model.backend}`, data: `{self.config.data.name}`",
-                 f"- steps: {self.step}, group size {self.config.sampling.group_size}, "
-                 f"{self.config.sampling.groups_per_step} groups/step, "
-                 f"strategy `{self.config.advantage.strategy}`, "
-                 f"schedule `{self.config.advantage.schedule}`", ""]
+        lines = [
+            f"# cgrpo run `{self.run_dir.name}`",
+            "",
+            f"- backend: `{self.config.model.backend}`, data: `{self.config.data.name}`",
+            f"- steps: {self.step}, group size {self.config.sampling.group_size}, "
+            f"{self.config.sampling.groups_per_step} groups/step, "
+            f"strategy `{self.config.advantage.strategy}`, "
+            f"schedule `{self.config.advantage.schedule}`",
+            "",
+        ]
         table = held_out_table(summary)
         if table:
             lines += ["## Held-out rewards (deterministic sampling)", "", table, ""]
         if (self.run_dir / "before_after.png").is_file():
             lines += ["![held-out: reference | base | trained](before_after.png)", ""]
-        lines += ["## Files", "", "- `metrics.jsonl`, `tensorboard/`: per-step metrics",
-                  "- `samples/`: reference | group grids", "- `final/`: trained adapter",
-                  "- `checkpoints/`: resumable checkpoints", ""]
+        lines += [
+            "## Files",
+            "",
+            "- `metrics.jsonl`, `tensorboard/`: per-step metrics",
+            "- `samples/`: reference | group grids",
+            "- `final/`: trained adapter",
+            "- `checkpoints/`: resumable checkpoints",
+            "",
+        ]
         (self.run_dir / "summary.md").write_text("\n".join(lines))
 
 
@@ -562,8 +689,10 @@ def held_out_table(summary: dict[str, Any]) -> str:
         return ""
     from cgrpo.evaluation.stats import paired_bootstrap_ci
 
-    rows = ["| reward | prompts | n | before | after | change [95% CI] |",
-            "|---|---|---:|---:|---:|---:|"]
+    rows = [
+        "| reward | prompts | n | before | after | change [95% CI] |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     kinds = before.get("kinds") or ["all"] * before["n"]
     labels = ["all"] + (sorted(set(kinds)) if len(set(kinds)) > 1 else [])
     for label in labels:
@@ -574,6 +703,8 @@ def held_out_table(summary: dict[str, Any]) -> str:
             b = [b_all[i] for i in sel]
             a = [after["scores"][name][i] for i in sel]
             d = paired_bootstrap_ci(b, a, seed=0)
-            rows.append(f"| {name} | {label} | {len(sel)} | {sum(b) / len(b):.4f} | "
-                        f"{sum(a) / len(a):.4f} | {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] |")
+            rows.append(
+                f"| {name} | {label} | {len(sel)} | {sum(b) / len(b):.4f} | "
+                f"{sum(a) / len(a):.4f} | {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] |"
+            )
     return "\n".join(rows)
