@@ -45,7 +45,9 @@ def _check_groups(batch: int, group_size: int) -> int:
 def _zscore_groups(values: Tensor, group_size: int) -> Tensor:
     """z-score each column of ``values`` [B, K] within contiguous groups; no input checks."""
     batch, k = values.shape
-    grouped = values.reshape(batch // group_size, group_size, k)
+    # Statistics in float64: a float32 mean of large, close rewards (e.g. -41.17, -41.12)
+    # leaves a residue that the small std turns into a group sum of ~1e-4 instead of 0.
+    grouped = values.reshape(batch // group_size, group_size, k).double()
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, unbiased=True, keepdim=True)
     z = (grouped - mean) / (std + STD_EPS)
@@ -53,7 +55,7 @@ def _zscore_groups(values: Tensor, group_size: int) -> Tensor:
     # can differ from them in the last bit, which would leave ~1e-9 instead of an exact 0.
     flat = (grouped.amax(dim=1, keepdim=True) - grouped.amin(dim=1, keepdim=True)) == 0
     z = torch.where(flat, torch.zeros_like(z), z)
-    return z.reshape(batch, k)
+    return z.reshape(batch, k).to(values.dtype)
 
 
 def group_normalize(
