@@ -12,8 +12,17 @@ from cgrpo.rewards.base import (
     Reward,
     RewardBatch,
     RewardContext,
+    RewardFailure,
     ScoreRequest,
     build_reward,
 )
 
-__all__ = ["REWARDS", "Reward", "RewardBatch", "RewardContext", "ScoreRequest", "build_reward"]
+__all__ = [
+    "REWARDS",
+    "Reward",
+    "RewardBatch",
+    "RewardContext",
+    "RewardFailure",
+    "ScoreRequest",
+    "build_reward",
+]

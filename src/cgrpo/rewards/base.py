@@ -20,6 +20,25 @@ import torch
 from cgrpo.registry import Registry
 
 
+class RewardFailure(RuntimeError):
+    """A reward could not score a batch (server down or silent, a custom function that
+    raised or returned the wrong type, ...).
+
+    The trainer catches it, writes a checkpoint of the completed steps and stops with one
+    line; so the message must already say everything a user needs: ``str(e)`` is
+    ``"reward '<name>': <cause>"``.
+
+    Attributes:
+        reward: the reward's configured name (``"remote"``, ``"python:mod:fn"``, ...).
+        cause: what went wrong, one line, naming the URL, module or function at fault.
+    """
+
+    def __init__(self, reward: str, cause: str) -> None:
+        super().__init__(f"reward {reward!r}: {cause}")
+        self.reward = reward
+        self.cause = cause
+
+
 @dataclass
 class ScoreRequest:
     """What a reward sees for a batch of B generated images.
@@ -174,6 +193,7 @@ __all__ = [
     "REWARDS",
     "Reward",
     "RewardContext",
+    "RewardFailure",
     "ScoreRequest",
     "RewardBatch",
     "build_reward",
