@@ -51,8 +51,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from cgrpo.config.train import load_config
+    from cgrpo.evaluation.heldout import held_out_table
     from cgrpo.training import Interrupted, Trainer
-    from cgrpo.training.trainer import held_out_table
 
     if args.resume:
         if args.config:
@@ -84,7 +84,7 @@ def _run_train(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     if trainer.is_main:
-        table = held_out_table(summary)
+        table = held_out_table(run_dir)
         if table:
             print(
                 "\nHeld-out rewards, base model vs trained adapter "

@@ -7,15 +7,8 @@ import shutil
 import pytest
 import torch
 
-from cgrpo.evaluation.harness import (
-    EvalItem,
-    evaluate_policy,
-    find_images,
-    image_relpath,
-    image_seed,
-    run_evaluation,
-    save_png,
-)
+from cgrpo.evaluation.harness import EvalItem, evaluate_policy, image_relpath, image_seed, save_png
+from cgrpo.evaluation.resumable import find_images, run_evaluation
 
 
 def _never():
@@ -25,8 +18,12 @@ def _never():
 def test_evaluate_policy_is_independent_of_batch_size(tiny_policy, items_factory, mean_match):
     items = items_factory(n_subjects=2, n_prompts=3)
     gen = {"num_steps": 3, "shift": 3.0}
-    a = evaluate_policy(tiny_policy, items, [mean_match()], gen_kwargs=gen, seeds=2, batch_size=2)
-    b = evaluate_policy(tiny_policy, items, [mean_match()], gen_kwargs=gen, seeds=2, batch_size=5)
+    a = evaluate_policy(
+        tiny_policy, items, [mean_match()], gen_kwargs=gen, seeds=2, batch_size=2
+    ).records
+    b = evaluate_policy(
+        tiny_policy, items, [mean_match()], gen_kwargs=gen, seeds=2, batch_size=5
+    ).records
     assert len(a) == 12
     assert [(r["key"], r["seed"], r["scores"]) for r in a] == [
         (r["key"], r["seed"], r["scores"]) for r in b
@@ -47,7 +44,9 @@ def test_from_example_wraps_trainer_items(tiny_policy, mean_match):
 
     meta = {"kind": "property", "identity": "round-plain-red"}
     ex = Example("a red ball", torch.rand(1, 3, 4, 4), metadata=meta, key="toy/ball")
-    records = evaluate_policy(tiny_policy, [ex, ex], [mean_match()], gen_kwargs={"num_steps": 2})
+    records = evaluate_policy(
+        tiny_policy, [ex, ex], [mean_match()], gen_kwargs={"num_steps": 2}
+    ).records
     assert [r["key"] for r in records] == ["toy/ball", "toy/ball"]
     assert records[0]["kind"] == "property" and records[0]["subject"] == "round-plain-red"
     assert records[0]["scores"] != records[1]["scores"]  # index 0 and 1: different noise

@@ -16,10 +16,11 @@ from cgrpo.evaluation.cli import (
     run_compare,
     run_report,
 )
-from cgrpo.evaluation.harness import image_relpath, save_png, save_references
+from cgrpo.evaluation.harness import image_relpath, save_png
 from cgrpo.evaluation.plots import ParetoPoint, image_grid, pareto_figure, pareto_front
 from cgrpo.evaluation.report import build_report, choose_axes, load_run
 from cgrpo.evaluation.results import ResultStore
+from cgrpo.evaluation.resumable import save_references
 from cgrpo.evaluation.stats import Estimate
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cgrpo.evaluation.heldout import load_held_out
 from cgrpo.grpo import tdw_weights
 from cgrpo.sampling import initial_noise, sample_trajectory
 from cgrpo.training import Interrupted, Trainer
@@ -44,10 +45,14 @@ def test_three_steps_write_a_complete_run(tiny_config, tmp_path):
     assert any((run / "tensorboard").iterdir())
     assert len(list((run / "samples").glob("*.png"))) == 3
     assert [p.name for p in list_checkpoints(run)] == ["step-000002", "step-000003"]
-    assert set(summary["before"]["means"]) == {"toy-prompt", "toy-id"}
+    # config rewards + the toy world's ground-truth measures, per item in heldout/<phase>/
+    assert set(summary["before"]["means"]) == {"toy-prompt", "toy-id", "gt-colour", "gt-scene"}
     assert "Held-out rewards" in (run / "summary.md").read_text()
     assert (run / "before_after.png").is_file()
-    assert len(summary["after"]["scores"]["toy-id"]) == 4
+    held = load_held_out(run)
+    assert len(held.after) == 4 and [r["key"] for r in held.before] == [
+        r["key"] for r in held.after
+    ]
 
 
 def test_only_lora_parameters_change(tiny_config, tmp_path):

@@ -349,8 +349,8 @@ def _check_meta(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
 def run_eval(args: argparse.Namespace) -> int:
     """Run ``cgrpo eval``; returns the exit status."""
     from cgrpo.config.schema import to_dict
-    from cgrpo.evaluation.harness import run_evaluation
     from cgrpo.evaluation.report import META_FILE
+    from cgrpo.evaluation.resumable import run_evaluation
     from cgrpo.rewards.base import RewardContext, build_reward
 
     _positive(args.seeds, "--seeds")

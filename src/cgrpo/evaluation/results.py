@@ -132,10 +132,17 @@ class ResultStore:
 
     def save(self) -> None:
         """Rewrite ``pairs.jsonl`` and ``pairs.csv`` atomically."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        records = self.records()
-        _atomic_write(self.path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in records))
-        write_csv(records, self.directory / CSV_FILE)
+        write_records(self.directory, self.records())
+
+
+def write_records(directory: str | Path, records: Sequence[dict[str, Any]]) -> None:
+    """``<directory>/pairs.jsonl`` and ``pairs.csv`` holding ``records``, each written atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(
+        directory / RECORDS_FILE, "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
+    )
+    write_csv(records, directory / CSV_FILE)
 
 
 def find_results(run: str | Path) -> Path:
@@ -178,4 +185,5 @@ __all__ = [
     "read_records",
     "resolve_image",
     "write_csv",
+    "write_records",
 ]

@@ -32,6 +32,13 @@ import torch
 from cgrpo.config.schema import ConfigError
 from cgrpo.config.train import Config, RewardSpec, save_config
 from cgrpo.data.base import Example, build_dataset
+from cgrpo.evaluation.harness import PolicyEvaluation
+from cgrpo.evaluation.heldout import (
+    HeldOutCheck,
+    before_after_grid,
+    held_out_summary,
+    held_out_table,
+)
 from cgrpo.grpo import (
     combine_advantages,
     gaussian_kl,
@@ -45,7 +52,7 @@ from cgrpo.grpo import (
 )
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.base import Reward, RewardBatch, RewardContext, ScoreRequest, build_reward
-from cgrpo.sampling import generate, initial_noise, make_sigmas, sample_trajectory
+from cgrpo.sampling import initial_noise, make_sigmas, sample_trajectory
 from cgrpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from cgrpo.training.logging import MetricsWriter, group_grid
 from cgrpo.training.rollout import Advantages, Rollout
@@ -135,7 +142,8 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.step = 0
         self._resume = resume
-        self._eval_images: dict[str, Any] = {}
+        self._held_out: HeldOutCheck | None = None
+        self._eval_results: dict[str, PolicyEvaluation] = {}
         self._setup()
 
     # ------------------------------------------------------------------ set-up
@@ -574,79 +582,36 @@ class Trainer:
 
     # ------------------------------------------------------------------ held-out check
     def evaluate(self, adapter: bool = True) -> dict[str, Any]:
-        """Mean of every reward column on held-out items, deterministic sampling.
+        """Held-out check through the evaluation harness (:mod:`cgrpo.evaluation.heldout`).
 
-        ``adapter=False`` scores the base model (the adapter switched off).
+        ``adapter=False`` scores the base model (the adapter switched off). Writes the
+        per-item records to ``heldout/<before|after>/`` and returns the means.
         """
-        cfg = self.config.eval
-        data = build_dataset(cfg.data.name, cfg.data.options, "heldout")
-        # a seeded random subset covers identities and prompt kinds evenly in expectation
-        pick = torch.randperm(len(data), generator=generator_for(cfg.seed, "eval-items"))
-        items = [data[int(i)] for i in pick[: cfg.num_items]]
+        phase = "after" if adapter else "before"
+        if self._held_out is None:
+            self._held_out = HeldOutCheck.from_config(
+                self.config,
+                list(self.scorer.rewards.values()),
+                generator_for(self.config.eval.seed, "eval-items"),
+            )
         ctx = nullcontext() if adapter else self.policy.adapter_disabled()
         self.policy.eval()
         with ctx:
-            images = generate(
-                self.policy,
-                [e.prompt for e in items],
-                [e.references for e in items],
-                num_steps=cfg.num_steps,
-                shift=self.config.sampling.shift,
-                dynamic_shift=self.config.sampling.dynamic_shift,
-                seed=cfg.seed,
-                batch_size=self.config.sampling.chunk_size or 32,
-            )
-        request = ScoreRequest(
-            images,
-            [e.prompt for e in items],
-            [e.references for e in items],
-            [e.reference_masks for e in items],
-            [e.metadata for e in items],
-        )
-        scores = self.scorer.score(request)
-        kinds = [str(e.metadata.get("kind", "all")) for e in items]
-        result: dict[str, Any] = {
-            "n": len(items),
-            "means": {},
-            "by_kind": {},
-            "kinds": kinds,
-            "scores": {k: v.tolist() for k, v in scores.columns.items()},
-        }
-        for name, values in scores.columns.items():
-            result["means"][name] = float(values.mean())
-            for kind in sorted(set(kinds)):
-                sel = torch.tensor([k == kind for k in kinds])
-                result["by_kind"].setdefault(kind, {})[name] = float(values[sel].mean())
-        self._eval_images["after" if adapter else "before"] = (items, images, scores)
-        return result
+            result = self._held_out.run(self.policy)
+        self._eval_results[phase] = result
+        if self.is_main:
+            self._held_out.save(self.run_dir, phase, result)
+        return held_out_summary(result.records, phase)
 
-    def _save_before_after_grid(self, max_items: int = 8) -> None:
+    def _save_before_after_grid(self) -> None:
         """``before_after.png``: reference | base | trained, for held-out items."""
-        if not {"before", "after"} <= self._eval_images.keys():
+        if self._held_out is None or not {"before", "after"} <= self._eval_results.keys():
             return
-        items, before, s_before = self._eval_images["before"]
-        _, after, s_after = self._eval_images["after"]
-        # show property-modification prompts first: that is where the rewards compete
-        order = sorted(range(len(items)), key=lambda i: items[i].metadata.get("kind") != "property")
-        pick = order[:max_items]
-        images = torch.stack([im for i in pick for im in (before[i], after[i])])
-        labels = []
-        for i in pick:
-            for tag, sc in (("base", s_before), ("trained", s_after)):
-                labels.append(
-                    tag
-                    + "\n"
-                    + " ".join(
-                        f"{name.split('-')[-1][:6]} {float(v[i]):.2f}"
-                        for name, v in sc.columns.items()
-                    )
-                )
-        grid = group_grid(
-            [items[i].references[0] for i in pick],
-            images,
-            2,
-            [items[i].prompt for i in pick],
-            labels,
+        grid = before_after_grid(
+            self._held_out.items,
+            self._eval_results["before"],
+            self._eval_results["after"],
+            list(self.scorer.columns),
         )
         grid.save(self.run_dir / "before_after.png")
 
@@ -665,7 +630,7 @@ class Trainer:
             f"schedule `{self.config.advantage.schedule}`",
             "",
         ]
-        table = held_out_table(summary)
+        table = held_out_table(self.run_dir)
         if table:
             lines += ["## Held-out rewards (deterministic sampling)", "", table, ""]
         if (self.run_dir / "before_after.png").is_file():
@@ -680,31 +645,3 @@ class Trainer:
             "",
         ]
         (self.run_dir / "summary.md").write_text("\n".join(lines))
-
-
-def held_out_table(summary: dict[str, Any]) -> str:
-    """Markdown table of held-out reward means before/after training, with the change."""
-    before, after = summary.get("before"), summary.get("after")
-    if not before or not after or "scores" not in before:
-        return ""
-    from cgrpo.evaluation.stats import paired_bootstrap_ci
-
-    rows = [
-        "| reward | prompts | n | before | after | change [95% CI] |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    kinds = before.get("kinds") or ["all"] * before["n"]
-    labels = ["all"] + (sorted(set(kinds)) if len(set(kinds)) > 1 else [])
-    for label in labels:
-        sel = [i for i, k in enumerate(kinds) if label in ("all", k)]
-        for name, b_all in before["scores"].items():
-            if name not in after.get("scores", {}):
-                continue
-            b = [b_all[i] for i in sel]
-            a = [after["scores"][name][i] for i in sel]
-            d = paired_bootstrap_ci(b, a, seed=0)
-            rows.append(
-                f"| {name} | {label} | {len(sel)} | {sum(b) / len(b):.4f} | "
-                f"{sum(a) / len(a):.4f} | {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] |"
-            )
-    return "\n".join(rows)
