@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cgrpo.config import load_config
+
 
 @pytest.fixture(scope="session")
 def tiny_dino_dir(tmp_path_factory) -> Path:
@@ -32,3 +34,33 @@ def tiny_dino_dir(tmp_path_factory) -> Path:
         image_std=[0.229, 0.224, 0.225],
     ).save_pretrained(d)
     return d
+
+
+# A tiny end-to-end training config: random-init pocket model, the toy world and rewards.
+TINY = [
+    "model.options={weights: random, dim: 32, depth: 1, heads: 2, text_max_length: 8}",
+    "model.lora.rank=4",
+    "sampling.num_steps=4",
+    "sampling.group_size=3",
+    "sampling.groups_per_step=2",
+    "train.steps=3",
+    "train.micro_batch=8",
+    "train.lr=0.01",
+    "logging.sample_every=1",
+    "logging.checkpoint_every=2",
+    "logging.progress=false",
+    "eval.before_after=false",
+]
+
+
+@pytest.fixture
+def tiny_config():
+    def make(*extra: str):
+        return load_config(None, [*TINY, *extra])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> tuple[str, ...]:
+    return tuple(TINY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from cgrpo.config.train import Config, load_config
 from cgrpo.policies.base import LoraSettings, Policy, build_policy
@@ -31,25 +32,26 @@ def build_policy_from_config(
 
 
 def adapter_path(run_dir: str | Path, checkpoint: str = "final") -> Path:
-    """The adapter directory of a run: ``final`` (end of training), ``latest`` or ``step-N``."""
-    from cgrpo.training.checkpoint import list_checkpoints
+    """The adapter directory of a run: ``final`` (end of training), ``latest`` or ``step-N``,
+    verified against its manifest (``latest`` skips damaged checkpoints)."""
+    from cgrpo.training.checkpoint import latest_checkpoint, verify_directory
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     if checkpoint == "final":
         path = run_dir / "final"
-        if (path / "adapter.safetensors").is_file():
-            return path
-        checkpoint = "latest"  # an interrupted run has no final adapter yet
+        if not (path / "adapter.safetensors").is_file():
+            checkpoint = "latest"  # an interrupted run has no final adapter yet
     if checkpoint == "latest":
-        found = list_checkpoints(run_dir)
-        if not found:
-            raise FileNotFoundError(f"{run_dir} has no final adapter and no checkpoints")
-        return found[-1]
-    path = run_dir / "checkpoints" / checkpoint
-    if not (path / "adapter.safetensors").is_file():
-        raise FileNotFoundError(f"no adapter at {path}")
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"{run_dir} has no final adapter and no intact checkpoint")
+    elif checkpoint != "final":
+        path = run_dir / "checkpoints" / checkpoint
+        if not (path / "adapter.safetensors").is_file():
+            raise FileNotFoundError(f"no adapter at {path}")
+    verify_directory(path)
     return path
 
 
@@ -60,5 +62,9 @@ def load_run_policy(
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     policy = build_policy_from_config(config, device, with_lora=True)
-    policy.load_adapter(adapter_path(run_dir, checkpoint))
+    path = adapter_path(run_dir, checkpoint)
+    try:
+        policy.load_adapter(path)
+    except SafetensorError as e:
+        raise ValueError(f"{path / 'adapter.safetensors'} is not a readable adapter: {e}") from None
     return config, policy.eval()

@@ -53,7 +53,13 @@ from cgrpo.grpo import (
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.base import Reward, RewardBatch, RewardContext, ScoreRequest, build_reward
 from cgrpo.sampling import initial_noise, make_sigmas, sample_trajectory
-from cgrpo.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from cgrpo.training.checkpoint import (
+    MANIFEST,
+    intact_checkpoints,
+    load_checkpoint,
+    save_adapter_atomically,
+    save_checkpoint,
+)
 from cgrpo.training.logging import MetricsWriter, group_grid
 from cgrpo.training.rollout import Advantages, Rollout
 from cgrpo.training.runs import build_policy_from_config
@@ -141,6 +147,7 @@ class Trainer:
         self.world_size = self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         self.step = 0
+        self._saved: tuple[int, Path] | None = None  # (step, path) of the last checkpoint
         self._resume = resume
         self._held_out: HeldOutCheck | None = None
         self._eval_results: dict[str, PolicyEvaluation] = {}
@@ -183,18 +190,28 @@ class Trainer:
             self.policy, self.optimizer, self.scheduler
         )
         if self._resume:
-            found = list_checkpoints(self.run_dir)
-            if not found:
-                raise FileNotFoundError(
-                    f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}"
-                )
-            self.step = load_checkpoint(found[-1], self.policy, self.optimizer, self.scheduler)
-            log.info("resumed from %s at step %d", found[-1], self.step)
+            self._load_latest_checkpoint()
         self.metrics = (
             MetricsWriter(self.run_dir, cfg.logging.tensorboard) if self.is_main else None
         )
         if self.metrics is not None and self._resume:
             self.metrics.truncate_after(self.step)
+
+    def _load_latest_checkpoint(self) -> None:
+        """Resume from the newest intact checkpoint (damaged ones are skipped with a
+        warning; one without a manifest that fails to load counts as damaged)."""
+        for path in intact_checkpoints(self.run_dir):
+            try:
+                self.step = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
+            except Exception as e:
+                if (path / MANIFEST).is_file():
+                    raise ValueError(f"checkpoint {path} cannot be loaded: {e}") from None
+                log.warning("skipping unreadable checkpoint %s: %s", path.name, e)
+                continue
+            self._saved = (self.step, path)
+            log.info("resumed from %s at step %d", path, self.step)
+            return
+        raise FileNotFoundError(f"--resume: no intact checkpoint in {self.run_dir / 'checkpoints'}")
 
     # ------------------------------------------------------------------ stage 1: sample
     def examples_for_step(self, step: int) -> list[Example]:
@@ -491,7 +508,7 @@ class Trainer:
         self._checkpoint()  # every process: it holds a barrier
         self._check_replicas_in_sync()
         if self.is_main:
-            self.policy.save_adapter(self.run_dir / "final")
+            save_adapter_atomically(self.policy, self.run_dir / "final")
         if cfg.eval.before_after:
             summary["after"] = self.evaluate(adapter=True)
             self._write_json("eval_after.json", summary["after"])
@@ -548,10 +565,13 @@ class Trainer:
             )
 
     def _checkpoint(self) -> Path | None:
+        """Save the state after ``self.step`` completed steps (unless already saved)."""
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return None
-        return save_checkpoint(
+        if self._saved is not None and self._saved[0] == self.step:
+            return self._saved[1]
+        path = save_checkpoint(
             self.run_dir,
             self.step,
             self.policy,
@@ -560,6 +580,8 @@ class Trainer:
             self.config,
             self.config.logging.keep_checkpoints,
         )
+        self._saved = (self.step, path)
+        return path
 
     def _save_grid(self, step: int, max_groups: int = 4) -> None:
         rollout, rewards = self._last_rollout
