@@ -8,7 +8,8 @@ log-probability of each stochastic transition; evaluation uses the deterministic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,41 @@ def initial_noise(
     base = torch.randn((n // group_size, *policy.latent_shape()), generator=generator)
     noise = base.repeat_interleave(group_size, dim=0)
     return noise.to(device=device or "cpu", dtype=dtype)
+
+
+@contextlib.contextmanager
+def merged_lora(policy: Policy) -> Iterator[None]:
+    """Run ``policy`` with every LoRA folded into its base weight and the adapter path off.
+
+    Each adapted weight ``W`` is replaced, out of place, by ``W + scale * B @ A`` computed in
+    float32 and rounded once to ``W``'s dtype, so a forward costs what the base model costs
+    (no extra low-rank matmuls, no float32 LoRA path next to a bf16 base). At exit the
+    original tensors are put back untouched: unlike merge-then-unmerge in place, a bf16 base
+    never drifts. Costs one extra copy of the adapted weights while inside. For sampling
+    only: the merged weights take no gradient to the LoRA parameters.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    swapped: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for layer in policy.denoiser.modules():
+                if not isinstance(layer, LoraLayer):
+                    continue
+                adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+                if not adapters:
+                    continue
+                weight = layer.get_base_layer().weight
+                merged = weight.to(torch.float32, copy=True)
+                for name in adapters:
+                    merged += layer.get_delta_weight(name).float()
+                swapped.append((weight, weight.data))
+                weight.data = merged.to(weight.dtype)
+        with policy.adapter_disabled():
+            yield
+    finally:
+        for weight, original in swapped:
+            weight.data = original
 
 
 @dataclass

@@ -8,9 +8,12 @@ Tokenizers: a byte-level CLIP BPE with an empty merge list, and ByT5 (needs no f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 HEIGHT = WIDTH = 16
 MAX_SEQ = 12
@@ -34,15 +37,15 @@ def t5_tokenizer():
     return ByT5Tokenizer()
 
 
-def tiny_transformer(seed: int = 0):
+def tiny_transformer(seed: int = 0, num_layers: int = 1, num_single_layers: int = 1):
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
     return FluxTransformer2DModel(
         patch_size=1,
         in_channels=16,
-        num_layers=1,
-        num_single_layers=1,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
         attention_head_dim=16,
         num_attention_heads=2,
         joint_attention_dim=32,
@@ -155,3 +158,55 @@ def kontext_pipeline(components: dict):
     from diffusers import FluxKontextPipeline
 
     return FluxKontextPipeline(**components)
+
+
+REWARDS = """
+def both(images, prompts, references, **kwargs):
+    return {"brightness": images.mean(dim=(1, 2, 3)),
+            "redness": images[:, 0].mean(dim=(1, 2)) - images[:, 1:].mean(dim=(1, 2, 3))}
+"""
+
+
+def tiny_run_config(root: Path) -> dict:
+    """A train config (dict) for the tiny model, written under ``root``: the model directory,
+    two prompts with a 20x24 reference each (jsonl), a two-column custom reward (brightness
+    for the prompt role, redness for the identity role); 2 steps of 1 group of 2."""
+    root = Path(root)
+    model = save_tiny_model(tiny_components(), root / "model")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, prompt in enumerate(["a dog in the snow", "a red backpack"]):
+        image = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / f"ref{i}.png")
+        lines.append(json.dumps({"prompt": prompt, "references": [f"ref{i}.png"]}))
+    (root / "data.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "rewards.py").write_text(REWARDS)
+    target = f"{root / 'rewards.py'}:both"
+    reward = {"name": "custom", "options": {"target": target, "columns": ["brightness", "redness"]}}
+    return {
+        "model": {
+            "backend": "flux",
+            "options": {
+                "path": str(model),
+                "height": HEIGHT,
+                "width": WIDTH,
+                "dtype": "fp32",
+                "max_sequence_length": MAX_SEQ,
+            },
+            "lora": {"rank": 4, "alpha": 4.0},
+        },
+        "data": {"name": "jsonl", "options": {"path": str(root / "data.jsonl")}},
+        "rewards": [
+            {**reward, "role": "prompt", "column": "brightness"},
+            {**reward, "role": "identity", "column": "redness"},
+        ],
+        "sampling": {"num_steps": 4, "group_size": 2, "groups_per_step": 1},
+        "train": {"steps": 2, "micro_batch": 3},
+        "logging": {
+            "sample_every": 0,
+            "checkpoint_every": 0,
+            "progress": False,
+            "tensorboard": False,
+        },
+        "eval": {"before_after": False},
+    }

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from flux_tiny import MAX_SEQ, kontext_pipeline, save_tiny_model, tiny_components  # noqa: E402
-
-REWARDS = """
-def both(images, prompts, references, **kwargs):
-    return {"brightness": images.mean(dim=(1, 2, 3)),
-            "redness": images[:, 0].mean(dim=(1, 2)) - images[:, 1:].mean(dim=(1, 2, 3))}
-"""
+from flux_tiny import MAX_SEQ, kontext_pipeline, tiny_components, tiny_run_config  # noqa: E402
 
 
 def test_grpo_steps_on_tiny_flux_save_an_adapter_diffusers_and_cgrpo_reload(tmp_path):
@@ -26,47 +18,7 @@ def test_grpo_steps_on_tiny_flux_save_an_adapter_diffusers_and_cgrpo_reload(tmp_
     from cgrpo.training.trainer import Trainer
 
     torch.set_num_threads(1)
-    model = save_tiny_model(tiny_components(), tmp_path / "model")
-    rng = np.random.default_rng(0)
-    lines = []
-    for i, prompt in enumerate(["a dog in the snow", "a red backpack"]):
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
-            tmp_path / f"ref{i}.png"
-        )
-        lines.append(json.dumps({"prompt": prompt, "references": [f"ref{i}.png"]}))
-    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "rewards.py").write_text(REWARDS)
-    target = f"{tmp_path / 'rewards.py'}:both"
-    reward = {"name": "custom", "options": {"target": target, "columns": ["brightness", "redness"]}}
-    cfg = config_from_dict(
-        {
-            "model": {
-                "backend": "flux",
-                "options": {
-                    "path": str(model),
-                    "height": 16,
-                    "width": 16,
-                    "dtype": "fp32",
-                    "max_sequence_length": MAX_SEQ,
-                },
-                "lora": {"rank": 4, "alpha": 4.0},
-            },
-            "data": {"name": "jsonl", "options": {"path": str(tmp_path / "data.jsonl")}},
-            "rewards": [
-                {**reward, "role": "prompt", "column": "brightness"},
-                {**reward, "role": "identity", "column": "redness"},
-            ],
-            "sampling": {"num_steps": 4, "group_size": 2, "groups_per_step": 1},
-            "train": {"steps": 2, "micro_batch": 3},
-            "logging": {
-                "sample_every": 0,
-                "checkpoint_every": 0,
-                "progress": False,
-                "tensorboard": False,
-            },
-            "eval": {"before_after": False},
-        }
-    )
+    cfg = config_from_dict(tiny_run_config(tmp_path))
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.train()
     log = (tmp_path / "run" / "metrics.jsonl").read_text()

@@ -72,6 +72,11 @@ class SamplingConfig:
     groups_per_step: int = option(4, "groups sampled per training step (per process)", min=1)
     chunk_size: int = option(0, "max images per sampler forward (0 = all at once)", min=0)
     same_noise: bool = option(True, "all samples of a group start from the same noise")
+    merge_lora: bool = option(
+        False,
+        "sample with the LoRA folded into the base weights (faster forward; one extra copy of "
+        "the adapted weights while sampling; the update always runs the adapter unmerged)",
+    )
 
 
 @dataclass

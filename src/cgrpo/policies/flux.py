@@ -36,6 +36,7 @@ from torch import nn
 
 from cgrpo.config import ConfigError, option, parse
 from cgrpo.policies.base import POLICIES, Condition, Policy
+from cgrpo.policies.flux_blocks import COMPILE_BACKENDS, compile_blocks, enable_checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,23 @@ class FluxOptions:
     dtype: str = option(
         "bf16", "dtype of the base weights (LoRA stays fp32)", choices=tuple(DTYPES)
     )
-    gradient_checkpointing: bool = option(False, "recompute transformer blocks in backward")
+    gradient_checkpointing: bool = option(
+        False, "recompute transformer blocks in backward (less memory, about 1/3 more compute)"
+    )
+    checkpoint_fraction: float = option(
+        1.0,
+        "with gradient_checkpointing: share of the transformer blocks recomputed, spread evenly "
+        "over the double then single blocks, rounded down (1 = all; lower = faster, more memory)",
+        min=0.0,
+        max=1.0,
+        min_exclusive=True,
+    )
+    compile_blocks: str = option(
+        "off",
+        "regional torch.compile of each transformer block, compiled at first use: off, "
+        "inductor (fused kernels), aot_eager (graph capture only, no code generation; for checks)",
+        choices=COMPILE_BACKENDS,
+    )
     attention: str = option(
         "native", "diffusers attention backend (native = torch SDPA)", choices=ATTENTION_BACKENDS
     )
@@ -382,7 +399,9 @@ class FluxPolicy(Policy):
                 )
         self.dtype = DTYPES[options.dtype]
         if options.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+            enable_checkpointing(transformer, options.checkpoint_fraction)
+        if options.compile_blocks != "off":
+            compile_blocks(transformer, options.compile_blocks)
         if options.attention != "native":
             transformer.set_attention_backend(options.attention)
         self.requires_grad_(False)

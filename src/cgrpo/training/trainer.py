@@ -52,7 +52,7 @@ from cgrpo.grpo import (
 )
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.base import Reward, RewardBatch, RewardContext, ScoreRequest, build_reward
-from cgrpo.sampling import initial_noise, make_sigmas, sample_trajectory
+from cgrpo.sampling import initial_noise, make_sigmas, merged_lora, sample_trajectory
 from cgrpo.training.checkpoint import (
     MANIFEST,
     intact_checkpoints,
@@ -262,17 +262,18 @@ class Trainer:
             device=self.device,
         )
         self.policy.eval()
-        traj = sample_trajectory(
-            self.policy,
-            cond,
-            noise,
-            self.sigmas,
-            noise_level=cfg.noise_level,
-            kind=cfg.sde_kind,
-            sde_steps=self.trained_steps_mask(step),
-            generator=generator_for(self.config.seed, "sde", step, self.rank),
-            chunk_size=cfg.chunk_size,
-        )
+        with merged_lora(self.policy) if cfg.merge_lora else nullcontext():
+            traj = sample_trajectory(
+                self.policy,
+                cond,
+                noise,
+                self.sigmas,
+                noise_level=cfg.noise_level,
+                kind=cfg.sde_kind,
+                sde_steps=self.trained_steps_mask(step),
+                generator=generator_for(self.config.seed, "sde", step, self.rank),
+                chunk_size=cfg.chunk_size,
+            )
         with torch.no_grad():
             images = self._decode(traj.final)
         group_examples = [e for e in examples for _ in range(g)]
