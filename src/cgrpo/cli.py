@@ -50,10 +50,28 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from cgrpo.training.signals import StopSignals, exit_code
+
+    with StopSignals():  # SIGTERM behaves like Ctrl-C from here on
+        try:
+            return _train(args)
+        except KeyboardInterrupt as e:  # before the trainer could save anything
+            print(
+                f"cgrpo: interrupted ({getattr(e, 'name', 'SIGINT')}) during start-up, "
+                "before any training step; nothing to save",
+                file=sys.stderr,
+            )
+            return exit_code(e)
+
+
+def _train(args: argparse.Namespace) -> int:
     from cgrpo.config.train import load_config
     from cgrpo.evaluation.heldout import held_out_table
-    from cgrpo.training import Interrupted, Trainer
+    from cgrpo.rewards.base import RewardFailure
+    from cgrpo.training import Stopped, Trainer
+    from cgrpo.training.faults import fault_point
 
+    fault_point("startup")
     if args.resume:
         if args.config:
             raise ConfigError(
@@ -75,12 +93,16 @@ def _run_train(args: argparse.Namespace) -> int:
                 "already holds a run; use --resume "
                 f"{run_dir} to continue it or pick another --output",
             )
-    trainer = Trainer(config, run_dir, resume=bool(args.resume))
+    try:
+        trainer = Trainer(config, run_dir, resume=bool(args.resume))
+    except RewardFailure as e:  # e.g. a reward server that is down at start
+        print(f"cgrpo: error: {e}", file=sys.stderr)
+        return 1
     try:
         summary = trainer.train()
-    except Interrupted as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 130
+    except Stopped as e:
+        print(f"cgrpo: {e}", file=sys.stderr)
+        return e.exit_code
     finally:
         trainer.close()
     if trainer.is_main:
@@ -276,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"cgrpo: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         if debug:
             raise
         print(f"cgrpo: error: {e}", file=sys.stderr)

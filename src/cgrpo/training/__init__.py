@@ -2,13 +2,16 @@
 
 from cgrpo.training.rollout import Advantages, Rollout
 from cgrpo.training.runs import build_policy_from_config, load_run_policy
-from cgrpo.training.trainer import Interrupted, Trainer
+from cgrpo.training.stopping import Interrupted, Stopped, TrainingFailed
+from cgrpo.training.trainer import Trainer
 
 __all__ = [
     "Advantages",
     "Interrupted",
     "Rollout",
+    "Stopped",
     "Trainer",
+    "TrainingFailed",
     "build_policy_from_config",
     "load_run_policy",
 ]

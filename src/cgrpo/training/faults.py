@@ -44,6 +44,11 @@ def fault_point(name: str, path: Path | None = None) -> None:
             _act(action, name, path)
 
 
+def reset() -> None:
+    """Count points from zero again (tests that run several trainings in one process)."""
+    _reached.clear()
+
+
 def _act(action: str, name: str, path: Path | None) -> None:
     if action == "tear" and path is not None:
         size = path.stat().st_size

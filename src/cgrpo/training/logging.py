@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cgrpo.training.faults import fault_point
+
 
 class MetricsWriter:
     """Appends one JSON line per logged step and mirrors scalars to TensorBoard."""
@@ -25,6 +27,7 @@ class MetricsWriter:
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        fault_point("metrics")
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:

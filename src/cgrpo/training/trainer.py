@@ -56,13 +56,22 @@ from cgrpo.sampling import initial_noise, make_sigmas, merged_lora, sample_traje
 from cgrpo.training.checkpoint import (
     MANIFEST,
     intact_checkpoints,
+    latest_checkpoint,
     load_checkpoint,
     save_adapter_atomically,
     save_checkpoint,
 )
+from cgrpo.training.faults import fault_point
 from cgrpo.training.logging import MetricsWriter, group_grid
 from cgrpo.training.rollout import Advantages, Rollout
 from cgrpo.training.runs import build_policy_from_config
+from cgrpo.training.signals import StopRequested, StopSignals, exit_code
+from cgrpo.training.stopping import (
+    Interrupted,
+    TrainingFailed,
+    failure_cause,
+    resume_command,
+)
 
 log = logging.getLogger("cgrpo.train")
 
@@ -75,10 +84,6 @@ def derive_seed(*parts: Any) -> int:
 
 def generator_for(*parts: Any) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
-
-
-class Interrupted(Exception):
-    """Training stopped by the user after a checkpoint was written."""
 
 
 @dataclass
@@ -148,6 +153,9 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.step = 0
         self._saved: tuple[int, Path] | None = None  # (step, path) of the last checkpoint
+        self._stage = "start-up"  # named in the message when a run stops early
+        self._signals: StopSignals | None = None  # active inside train()
+        self._mid_update = False  # an optimizer step of the current step has run
         self._resume = resume
         self._held_out: HeldOutCheck | None = None
         self._eval_results: dict[str, PolicyEvaluation] = {}
@@ -182,6 +190,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.train.lr, betas=cfg.train.betas, weight_decay=cfg.train.weight_decay
         )
+        self.optimizer.register_step_pre_hook(lambda *_: self._begin_update())
         warm = cfg.train.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
@@ -196,6 +205,7 @@ class Trainer:
         )
         if self.metrics is not None and self._resume:
             self.metrics.truncate_after(self.step)
+        fault_point("setup")
 
     def _load_latest_checkpoint(self) -> None:
         """Resume from the newest intact checkpoint (damaged ones are skipped with a
@@ -470,14 +480,32 @@ class Trainer:
         return m
 
     def train(self) -> dict[str, Any]:
-        """Run to ``train.steps``; returns the summary (held-out rewards before/after)."""
+        """Run to ``train.steps``; returns the summary (held-out rewards before/after).
+
+        SIGINT or SIGTERM in any stage, or a fault :func:`failure_cause` can name, saves a
+        checkpoint of the completed steps and raises :class:`Stopped` with one line for
+        the user; any other error saves it too, then propagates.
+        """
+        with StopSignals(defer=self.world_size > 1) as signals:
+            self._signals = signals
+            try:
+                return self._run_stages()
+            except BaseException as error:
+                raise self._stopped(error) from None
+            finally:
+                self._signals = None
+
+    def _run_stages(self) -> dict[str, Any]:
         cfg = self.config
         summary: dict[str, Any] = {"run_dir": str(self.run_dir)}
         if cfg.eval.before_after and self.step == 0:
+            self._stage = "the before-training evaluation"
+            fault_point("eval.before")
             summary["before"] = self.evaluate(adapter=False)
             self._write_json("eval_before.json", summary["before"])
         elif cfg.eval.before_after and (self.run_dir / "eval_before.json").is_file():
             summary["before"] = json.loads((self.run_dir / "eval_before.json").read_text())
+        self._stage = "training"
         bar = None
         if cfg.logging.progress and self.is_main:
             from tqdm.auto import tqdm
@@ -492,25 +520,26 @@ class Trainer:
         last: dict[str, float] = {}
         try:
             while self.step < cfg.train.steps:
+                fault_point("step")
                 metrics = self.train_step(self.step)
                 self.step += 1
+                self._mid_update = False
                 last = metrics
                 self._after_step(metrics, bar)
-        except KeyboardInterrupt:
+                if self._signals is not None:  # a signal held since the update lands here
+                    self._signals.release("update")
+                self._stop_together()
+        finally:
             if bar is not None:
                 bar.close()
-            path = self._checkpoint()
-            raise Interrupted(
-                f"interrupted at step {self.step}; checkpoint saved to {path}; "
-                f"continue with: cgrpo train --resume {self.run_dir}"
-            ) from None
-        if bar is not None:
-            bar.close()
+        self._stage = "the final save"
         self._checkpoint()  # every process: it holds a barrier
         self._check_replicas_in_sync()
         if self.is_main:
             save_adapter_atomically(self.policy, self.run_dir / "final")
         if cfg.eval.before_after:
+            self._stage = "the after-training evaluation"
+            fault_point("eval.after")
             summary["after"] = self.evaluate(adapter=True)
             self._write_json("eval_after.json", summary["after"])
             if self.is_main:
@@ -521,6 +550,60 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.close()
         return summary
+
+    # ------------------------------------------------------------------ stopping early
+    def _begin_update(self) -> None:
+        """Optimizer pre-step hook: until the step is counted the weights hold part of it,
+        so no checkpoint may be written, and signals wait until its metrics are logged."""
+        self._mid_update = True
+        if self._signals is not None:
+            self._signals.hold("update")
+
+    def _stop_together(self) -> None:
+        """Multi-process: stop at this step boundary if any process got a signal."""
+        if self.world_size == 1 or self._signals is None:
+            return
+        flag = torch.tensor([self._signals.pending or 0], device=self.device)
+        signum = int(self.accelerator.gather(flag).max())
+        if signum:
+            self._signals.pending = None
+            raise StopRequested(signum)
+
+    def _stopped(self, error: BaseException) -> BaseException:
+        """Save a checkpoint of the completed steps after ``error``; what to raise next."""
+        if self._signals is not None:
+            self._signals.defer = True  # a second signal must not cut the save short
+        interrupted = isinstance(error, KeyboardInterrupt)
+        cause = None if interrupted else failure_cause(error)
+        saved = self._save_after_stop(barrier=interrupted)
+        where = f"at step {self.step} of {self.config.train.steps}, during {self._stage}"
+        if interrupted:
+            name = getattr(error, "name", "SIGINT")
+            return Interrupted(
+                f"interrupted ({name}) {where}; {saved}; {resume_command(self.run_dir)}",
+                exit_code(error),
+            )
+        if cause is None:  # a bug or an unforeseen fault: keep its traceback
+            log.error("training failed %s; %s; %s", where, saved, resume_command(self.run_dir))
+            return error
+        return TrainingFailed(
+            f"training stopped {where}: {cause}; {saved}; {resume_command(self.run_dir)}"
+        )
+
+    def _save_after_stop(self, barrier: bool) -> str:
+        """Checkpoint the completed steps if the weights hold exactly those; say what is
+        on disk. Without ``barrier`` only the main process writes (the others may be
+        stuck in a collective operation)."""
+        if self._mid_update:
+            reason = f"step {self.step + 1} stopped half-way through its update"
+        else:
+            try:
+                path = self._checkpoint(barrier=barrier)
+                return f"checkpoint saved to {path}" if path else "checkpoint saved"
+            except OSError as e:
+                reason = f"no new checkpoint ({e})"
+        last = latest_checkpoint(self.run_dir) if self.is_main else None
+        return f"{reason}; the last checkpoint is {last}" if last else f"{reason}; no checkpoint"
 
     def _after_step(self, metrics: dict[str, float], bar: Any) -> None:
         cfg = self.config.logging
@@ -565,22 +648,24 @@ class Trainer:
                 f"synchronised (per-process sums {everyone[:, 0].tolist()})"
             )
 
-    def _checkpoint(self) -> Path | None:
+    def _checkpoint(self, barrier: bool = True) -> Path | None:
         """Save the state after ``self.step`` completed steps (unless already saved)."""
-        self.accelerator.wait_for_everyone()
+        if barrier:
+            self.accelerator.wait_for_everyone()
         if not self.is_main:
             return None
         if self._saved is not None and self._saved[0] == self.step:
             return self._saved[1]
-        path = save_checkpoint(
-            self.run_dir,
-            self.step,
-            self.policy,
-            self.optimizer,
-            self.scheduler,
-            self.config,
-            self.config.logging.keep_checkpoints,
-        )
+        with self._signals.held() if self._signals is not None else nullcontext():
+            path = save_checkpoint(
+                self.run_dir,
+                self.step,
+                self.policy,
+                self.optimizer,
+                self.scheduler,
+                self.config,
+                self.config.logging.keep_checkpoints,
+            )
         self._saved = (self.step, path)
         return path
 

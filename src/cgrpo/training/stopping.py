@@ -1,0 +1,54 @@
+"""How a run ends early: a signal or a known fault, one line for the user, exit status.
+
+The trainer turns a stop signal into :class:`Interrupted` and a fault it can name -- a
+reward that cannot score (:class:`~cgrpo.rewards.base.RewardFailure`), a time-out, a full
+disk -- into :class:`TrainingFailed`, both after saving a checkpoint of the completed
+steps where it can. ``str(e)`` is the whole message: where it stopped, why, what was saved
+and the command that continues the run.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from cgrpo.rewards.base import RewardFailure
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class Stopped(Exception):
+    """Training ended early after saving what it could; ``exit_code`` for the shell."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Interrupted(Stopped):
+    """Stopped by SIGINT or SIGTERM (exit status 128 + the signal)."""
+
+
+class TrainingFailed(Stopped):
+    """Stopped by a fault outside the trainer's control (exit status 1)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 1)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in DISK_FULL
+
+
+def failure_cause(error: BaseException) -> str | None:
+    """One line naming a fault a user can act on, or None for anything else (a bug)."""
+    if isinstance(error, RewardFailure):
+        return str(error)
+    if isinstance(error, TimeoutError):
+        return f"timed out ({error})"
+    if is_disk_full(error):
+        return f"disk full ({error})"
+    return None
+
+
+def resume_command(run_dir: object) -> str:
+    return f"continue with: cgrpo train --resume {run_dir}"

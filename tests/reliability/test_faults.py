@@ -1,0 +1,95 @@
+"""Faults mid-run: a reward that cannot score, a time-out, a full disk. Each ends the run
+with a checkpoint of the completed steps (where the disk allows) and one line naming the
+cause and the resume command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cgrpo.training import Trainer, TrainingFailed
+from cgrpo.training.checkpoint import checkpoint_step, latest_checkpoint
+from cgrpo.training.faults import ENV
+
+FAILING_REWARD = """
+import torch
+from cgrpo.rewards.base import RewardFailure
+
+calls = 0
+
+def flaky(images, prompts, references):
+    global calls
+    calls += 1
+    if calls == {fail_at}:
+        {error}
+    return torch.zeros(len(prompts))
+"""
+
+
+def failing_reward_config(tiny_config, tmp_path, error: str, fail_at: int = 3):
+    module = tmp_path / f"flaky_{abs(hash(error))}.py"
+    module.write_text(FAILING_REWARD.format(fail_at=fail_at, error=error))
+    return tiny_config(
+        "logging.checkpoint_every=0",
+        f"rewards=[{{name: toy-prompt, role: prompt}}, {{name: toy-id, role: identity}}, "
+        f"{{name: 'python:{module}:flaky', role: monitor}}]",
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (
+            "raise RewardFailure('python:flaky', 'server at http://127.0.0.1:9 went away')",
+            "reward 'python:flaky': server at http://127.0.0.1:9 went away",
+        ),
+        ("raise TimeoutError('no answer in 30 s')", "timed out (no answer in 30 s)"),
+    ],
+    ids=["reward-failure", "timeout"],
+)
+def test_a_reward_that_fails_mid_run_keeps_the_completed_steps(tiny_config, tmp_path, error, cause):
+    run = tmp_path / "run"
+    config = failing_reward_config(tiny_config, tmp_path, error)
+    with pytest.raises(TrainingFailed) as info:
+        Trainer(config, run).train()
+    message = str(info.value)
+    assert message == (
+        f"training stopped at step 2 of 3, during training: {cause}; checkpoint saved to "
+        f"{run / 'checkpoints' / 'step-000002'}; continue with: cgrpo train --resume {run}"
+    )
+    assert info.value.exit_code == 1
+    assert checkpoint_step(latest_checkpoint(run)) == 2
+    resumed = Trainer(config, run, resume=True)
+    assert resumed.step == 2
+    resumed.train()
+    assert (run / "final" / "adapter.safetensors").is_file()
+
+
+def test_a_full_disk_while_logging_saves_the_completed_steps(tiny_config, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    monkeypatch.setenv(ENV, "metrics#2:enospc")
+    with pytest.raises(TrainingFailed, match=r"at step 2 of 3, during training: disk full") as e:
+        Trainer(tiny_config("logging.checkpoint_every=0"), run).train()
+    assert "checkpoint saved to" in str(e.value) and "--resume" in str(e.value)
+    assert checkpoint_step(latest_checkpoint(run)) == 2
+    rows = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1]  # the metrics of step 2 are the ones the full disk refused
+
+
+def test_a_full_disk_while_checkpointing_names_the_last_good_checkpoint(
+    tiny_config, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    monkeypatch.setenv(ENV, "checkpoint.file#7:enospc,checkpoint.file#9:enospc")
+    with pytest.raises(TrainingFailed) as info:
+        Trainer(tiny_config("train.steps=4", "logging.checkpoint_every=1"), run).train()
+    message = str(info.value)
+    # step 2's checkpoint fails at its third file (each has four), the retry at its second
+    assert "at step 2 of 4, during training: disk full" in message
+    assert "no new checkpoint ([Errno 28] No space left on device" in message
+    assert message.endswith(
+        f"the last checkpoint is {run / 'checkpoints' / 'step-000001'}; "
+        f"continue with: cgrpo train --resume {run}"
+    )
+    assert not list((run / "checkpoints").glob("*.tmp"))
