@@ -104,6 +104,14 @@ class Trajectory:
         return self.latents[:, -1]
 
 
+def _standard_normal(
+    shape: torch.Size, generator: torch.Generator | Sequence[torch.Generator] | None
+) -> torch.Tensor:
+    if isinstance(generator, list | tuple):
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+    return torch.randn(shape, generator=generator)
+
+
 @torch.no_grad()
 def sample_trajectory(
     policy: Policy,
@@ -114,7 +122,7 @@ def sample_trajectory(
     noise_level: float = 0.0,
     kind: str = "dance",
     sde_steps: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     chunk_size: int = 0,
 ) -> Trajectory:
     """Run the sampler on a batch, ``chunk_size`` images per forward (0 = all at once).
@@ -122,8 +130,13 @@ def sample_trajectory(
     ``sde_steps`` (``[N]`` bool) marks the stochastic steps (default: all when
     ``noise_level > 0``); the others are Euler ODE steps (MixGRPO outside its window).
     Chunks are visited in order at every step, so the random draws -- and hence the
-    result -- do not depend on ``chunk_size``.
+    result -- do not depend on ``chunk_size``. ``generator`` is one generator for the batch
+    or one per row; with one per row, a row's noise does not depend on the batch it is in
+    (the trainer keys each sample's generator by its global position, so a run does not
+    depend on how many processes share the groups).
     """
+    if isinstance(generator, list | tuple) and len(generator) != noise.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {noise.shape[0]}")
     num_steps = sigmas.shape[0] - 1
     if sde_steps is None:
         sde_steps = torch.full((num_steps,), noise_level > 0)
@@ -137,8 +150,8 @@ def sample_trajectory(
         level = noise_level if bool(sde_steps[i]) else 0.0
         step_noise = None
         if level > 0:
-            # One draw for the whole batch keeps results independent of the chunking.
-            step_noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+            # Drawn for the whole batch at once: results do not depend on the chunking.
+            step_noise = _standard_normal(x.shape, generator).to(x.device, x.dtype)
         outs = []
         for start in range(0, b, chunk):
             sl = slice(start, min(start + chunk, b))

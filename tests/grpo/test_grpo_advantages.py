@@ -230,6 +230,17 @@ def test_product_handles_extreme_advantages():
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize(("strategy", "exponent"), [("product", 1), ("product-2w", 2)])
+def test_product_exponents_by_hand(strategy, exponent):
+    gen = torch.Generator().manual_seed(0)
+    adv, w = torch.randn(8, 2, generator=gen), torch.rand(8, 2, generator=gen)
+    p = (torch.nn.functional.softplus(adv.double()) ** (exponent * w.double())).prod(dim=1)
+    groups = p.reshape(2, 4)
+    z = (groups - groups.mean(dim=1, keepdim=True)) / (groups.std(dim=1, keepdim=True) + 1e-8)
+    out = combine_advantages(adv, w, strategy, group_size=4)
+    torch.testing.assert_close(out, z.flatten().float())
+
+
 def test_product_requires_group_size():
     with pytest.raises(ValueError, match="group_size"):
         combine_advantages(torch.zeros(4, 2), [1.0, 1.0], "product")

@@ -174,7 +174,7 @@ def test_interrupt_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch):
     assert Trainer(tiny_config("train.steps=5"), tmp_path / "run", resume=True).step == 2
 
 
-@pytest.mark.parametrize("strategy", ["linear", "min", "max", "harmonic", "product"])
+@pytest.mark.parametrize("strategy", ["linear", "min", "max", "harmonic", "product", "product-2w"])
 def test_every_strategy_trains(tiny_config, tmp_path, strategy):
     summary = Trainer(
         tiny_config(

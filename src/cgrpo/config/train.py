@@ -17,17 +17,33 @@ import yaml
 
 from cgrpo.config.schema import ConfigError, option, parse, to_dict
 
-ADVANTAGE_STRATEGIES = ("sars", "linear", "harmonic", "min", "max", "product")
+ADVANTAGE_STRATEGIES = ("sars", "linear", "harmonic", "min", "max", "product", "product-2w")
 WEIGHT_SCHEDULES = ("tdw", "fixed", "linear")
 REWARD_ROLES = ("prompt", "identity", "monitor")
+LORA_INITS = ("default", "gaussian")
 
 
 @dataclass
 class LoraConfig:
     rank: int = option(16, "LoRA rank", min=1)
     alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)", min=0, min_exclusive=True)
-    dropout: float = option(0.0, "LoRA dropout probability", min=0.0, max=0.99)
-    targets: list[str] | None = option(None, "module names that get LoRA; null = backend default")
+    dropout: float = option(
+        0.0,
+        "LoRA dropout probability; must be 0 for training (dropout breaks ratio == 1)",
+        min=0.0,
+        max=0.99,
+    )
+    targets: str | list[str] | None = option(
+        None,
+        "which modules get LoRA: a backend preset (flux: paper, diffusers), a list of "
+        "module names, or null = the backend's default (flux: diffusers)",
+    )
+    init: str = option(
+        "default",
+        "LoRA A init: default (peft's Kaiming-uniform) or gaussian (normal with std 1/rank, "
+        "the official UNO / Customized-GRPO init); B starts at 0 either way",
+        choices=LORA_INITS,
+    )
 
 
 @dataclass
@@ -82,7 +98,10 @@ class SamplingConfig:
 @dataclass
 class AdvantageConfig:
     strategy: str = option(
-        "sars", "how per-reward advantages combine", choices=ADVANTAGE_STRATEGIES
+        "sars",
+        "how per-reward advantages combine; product: prod_k softplus(A_k)^w_k, product-2w: "
+        "prod_k softplus(A_k)^(2 w_k) (the official code's ablation), both z-scored per group",
+        choices=ADVANTAGE_STRATEGIES,
     )
     gamma: float = option(0.4, "interaction strength for sars / harmonic", min=0.0)
     schedule: str = option(
@@ -199,6 +218,32 @@ class Config:
                 "train.window_size",
                 self.train.window_size,
                 f"must be <= sampling.num_steps - 1 = {self.sampling.num_steps - 1}",
+            )
+
+    def validate_for_training(self) -> None:
+        """Settings that load fine (for sampling or evaluation) but cannot train correctly."""
+        if self.model.lora.dropout > 0:
+            raise ConfigError(
+                "model.lora.dropout",
+                self.model.lora.dropout,
+                "must be 0 for training (dropout makes the update's log-probs differ from "
+                "the sampled ones, so the ratio is not 1 on the first update)",
+            )
+        if self.sampling.noise_level == 0:
+            raise ConfigError(
+                "sampling.noise_level",
+                self.sampling.noise_level,
+                "must be > 0 for training (a deterministic sampler has no log-probability "
+                "to train)",
+            )
+        batch = self.sampling.groups_per_step * self.sampling.group_size
+        if batch % self.train.updates_per_step:
+            divisors = ", ".join(str(d) for d in range(1, batch + 1) if batch % d == 0)
+            raise ConfigError(
+                "train.updates_per_step",
+                self.train.updates_per_step,
+                "must divide the per-process batch sampling.groups_per_step * "
+                f"sampling.group_size = {batch} (choose from {divisors})",
             )
 
     @property

@@ -171,28 +171,43 @@ def _max(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> 
     return adv.amax(dim=1)
 
 
-def _product(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
-    """Weighted product of softplus terms, re-normalised within each group.
+def _weighted_product(
+    adv: Tensor, weights: Tensor, group_size: int | None, exponent: float, name: str
+) -> Tensor:
+    """``p = prod_k softplus(A_k) ** (exponent * w_k)``, re-normalised within each group.
 
-    ``p = prod_k softplus(A_k) ** w_k`` (a weighted geometric combination: with unit
-    weights it is the plain product). ``p`` is always positive, so on its own it would push
-    every sample up; it is therefore z-scored again within each group of ``group_size``
-    rows, with the same zero-variance rule as :func:`group_normalize` (a group of equal
-    products gives exactly 0). Requires ``group_size``.
+    ``p`` is always positive, so on its own it would push every sample up; it is therefore
+    z-scored again within each group of ``group_size`` rows, with the same zero-variance rule
+    as :func:`group_normalize` (a group of equal products gives exactly 0). Because of that
+    re-normalisation the exponent matters: ``exponent = 2`` gives ``p**2`` (which stretches
+    the high end), not a rescaled ``p``.
 
     The product is formed in log space in float64, with softplus floored at ``1e-30`` and the
     log clamped to ``[-300, 300]``, so finite advantages never produce inf or NaN.
     """
     if group_size is None:
         raise ValueError(
-            "strategy 'product' re-normalises within groups and needs group_size; "
+            f"strategy {name!r} re-normalises within groups and needs group_size; "
             "pass combine_advantages(..., group_size=G)"
         )
     _check_groups(adv.shape[0], group_size)
     soft = torch.nn.functional.softplus(adv.double()).clamp_min(1e-30)
-    log_p = (weights.double() * soft.log()).sum(dim=1).clamp(-300.0, 300.0)
+    log_p = (exponent * weights.double() * soft.log()).sum(dim=1).clamp(-300.0, 300.0)
     z = _zscore_groups(log_p.exp().unsqueeze(1), group_size)
     return z.squeeze(1).to(adv.dtype)
+
+
+def _product(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
+    """``prod_k softplus(A_k) ** w_k`` (a weighted geometric combination; with unit weights
+    the plain product), z-scored within groups. Requires ``group_size``; ``gamma`` unused."""
+    return _weighted_product(adv, weights, group_size, 1.0, "product")
+
+
+def _product_2w(adv: Tensor, weights: Tensor, gamma: float, group_size: int | None) -> Tensor:
+    """``prod_k softplus(A_k) ** (2 w_k)``, z-scored within groups: the exponent of the
+    official Customized-GRPO code's product ablation (its constant baseline
+    ``softplus(0) ** (2 w_1 + 2 w_2)`` cancels in the z-score). Requires ``group_size``."""
+    return _weighted_product(adv, weights, group_size, 2.0, "product-2w")
 
 
 #: Strategy name -> combiner. Lookups go through :func:`combine_advantages`, which
@@ -204,6 +219,7 @@ ADVANTAGE_STRATEGIES: dict[str, AdvantageCombiner] = {
     "min": _min,
     "max": _max,
     "product": _product,
+    "product-2w": _product_2w,
 }
 
 
@@ -239,7 +255,8 @@ def combine_advantages(
       ``A_j A_l / (A_j + A_l + 1e-6)``.
     * ``"min"`` / ``"max"``: elementwise min/max over ``k`` of ``A_k``; weights ignored.
     * ``"product"``: ``prod_k softplus(A_k)**w_k`` re-normalised within groups
-      (needs ``group_size``).
+      (needs ``group_size``); ``"product-2w"``: the same with exponent ``2 w_k``, as the
+      official code's ablation.
 
     Args:
         adv: ``[B, K]`` per-reward advantages (normally from :func:`group_normalize`).
@@ -247,7 +264,8 @@ def combine_advantages(
             ``[B, K]`` tensor of per-sample weights (e.g. TDW at each sample's timestep).
         strategy: a key of :data:`ADVANTAGE_STRATEGIES`.
         gamma: interaction strength for ``"sars"`` and ``"harmonic"`` (paper: 0.4).
-        group_size: rows per group; required by ``"product"``, ignored by the others.
+        group_size: rows per group; required by ``"product"`` and ``"product-2w"``,
+            ignored by the others.
 
     Returns:
         ``[B]`` combined advantages, float32 (float64 for float64 input).

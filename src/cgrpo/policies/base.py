@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -51,26 +51,47 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class LoraTargets:
+    """Which modules of the denoiser get LoRA.
+
+    ``modules`` is peft's ``target_modules``: names matched by suffix, or one regular
+    expression matched against the full module name. ``shared_down`` lists groups of
+    sibling modules (e.g. ``("to_q", "to_k", "to_v")`` of one attention) whose LoRAs share
+    one down-projection A: that is exactly one rank-r LoRA on their fused, concatenated
+    projection (``delta [W_q; W_k; W_v] = [B_q; B_k; B_v] A``), in function, gradient and
+    parameter count. Each module still computes ``x A^T`` itself (three small matmuls instead
+    of one), and a LoRA dropout would draw a mask per module (training refuses dropout).
+    """
+
+    modules: tuple[str, ...] | str
+    shared_down: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class LoraSettings:
     """LoRA hyper-parameters shared by all backends (peft does the work)."""
 
     rank: int = 16
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None  # None: the backend's defaults
-    init_weights: bool | str = True  # peft's init: True gives B = 0, so the start equals the base
+    #: a preset name of the backend, module names, or None: the backend's default
+    targets: str | tuple[str, ...] | None = None
+    #: peft's ``init_lora_weights``: True (Kaiming-uniform A), "gaussian" (A ~ N(0, (1/r)^2))
+    #: or False (random B, for tests); B = 0 otherwise, so the start equals the base
+    init_weights: bool | str = True
 
 
 class Policy(nn.Module):
     """Base class of generator backends.
 
     Subclasses implement :meth:`encode`, :meth:`latent_shape`, :meth:`forward`,
-    :meth:`decode` and :attr:`default_lora_targets`, and keep the module that receives
-    LoRA in ``self.denoiser``.
+    :meth:`decode` and :attr:`default_lora_targets` (optionally named
+    :attr:`lora_presets`), and keep the module that receives LoRA in ``self.denoiser``.
     """
 
     backend: str = "base"
     default_lora_targets: tuple[str, ...] = ()
+    lora_presets: ClassVar[dict[str, LoraTargets]] = {}
     denoiser: nn.Module
 
     # ----- conditioning and geometry -------------------------------------------------
@@ -101,23 +122,47 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     # ----- LoRA (shared; peft does the work) ----------------------------------------------
+    def resolve_lora_targets(self, targets: str | Sequence[str] | None) -> LoraTargets:
+        """A preset name, a list of module names, or None (the backend's default)."""
+        if targets is None:
+            return LoraTargets(tuple(self.default_lora_targets))
+        if isinstance(targets, str):
+            if targets not in self.lora_presets:
+                have = ", ".join(self.lora_presets) or "none"
+                raise ValueError(
+                    f"backend {self.backend!r} has no LoRA preset {targets!r} (presets: "
+                    f"{have}); give a list of module names, or null for its default"
+                )
+            return self.lora_presets[targets]
+        return LoraTargets(tuple(targets))
+
     def add_lora(self, settings: LoraSettings, adapter_name: str = "default") -> None:
         """Freeze the base and inject a trainable LoRA adapter into ``self.denoiser``."""
         from peft import LoraConfig, inject_adapter_in_model
 
-        targets = list(settings.target_modules or self.default_lora_targets)
-        if not targets:
+        targets = self.resolve_lora_targets(settings.targets)
+        if not targets.modules:
             raise ValueError(f"backend {self.backend!r} defines no LoRA target modules")
+        if not isinstance(targets.modules, str):  # peft only warns about names it never met
+            names = [n for n, _ in self.denoiser.named_modules()]
+            unmatched = [
+                t for t in targets.modules if not any(n == t or n.endswith(f".{t}") for n in names)
+            ]
+            if unmatched:
+                raise ValueError(f"no module of backend {self.backend!r} is named {unmatched}")
         self.requires_grad_(False)
         config = LoraConfig(
             r=settings.rank,
             lora_alpha=settings.alpha,
             lora_dropout=settings.dropout,
-            target_modules=targets,
+            target_modules=(
+                targets.modules if isinstance(targets.modules, str) else list(targets.modules)
+            ),
             init_lora_weights=settings.init_weights,
         )
         inject_adapter_in_model(config, self.denoiser, adapter_name=adapter_name)
         self._lora_config = config
+        self._shared_down = share_down_projections(self.denoiser, targets.shared_down, adapter_name)
         for p in self.trainable_parameters():
             p.data = p.data.float()  # LoRA in fp32 even when the base is bf16
 
@@ -147,8 +192,9 @@ class Policy(nn.Module):
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 
+        # copies: modules that share a down-projection must not share storage in the file
         return {
-            k: v.detach().cpu().contiguous()
+            k: v.detach().to("cpu", copy=True).contiguous()
             for k, v in get_peft_model_state_dict(self.denoiser).items()
         }
 
@@ -163,6 +209,13 @@ class Policy(nn.Module):
                 f"adapter does not match backend {self.backend!r}: "
                 f"unexpected {unexpected[:5]}, missing {lora_missing[:5]}"
             )
+        for group in getattr(self, "_shared_down", []):
+            downs = [state[f"{name}.lora_A.weight"] for name in group]
+            if any(not torch.equal(downs[0], d) for d in downs[1:]):
+                raise ValueError(
+                    f"adapter has different LoRA down-projections for {', '.join(group)}, "
+                    "which this adapter's targets share (a fused-projection LoRA)"
+                )
 
     def save_adapter(self, directory: str | Path) -> None:
         """Save the trainable adapter (safetensors); backends may add a loader-friendly copy."""
@@ -179,6 +232,30 @@ class Policy(nn.Module):
         if not path.is_file():
             raise FileNotFoundError(f"no adapter at {path}")
         self.load_adapter_state_dict(load_file(str(path)))
+
+
+def share_down_projections(
+    root: nn.Module, groups: Sequence[Sequence[str]], adapter_name: str
+) -> list[tuple[str, ...]]:
+    """Make every complete group of sibling LoRA layers use its first member's A.
+
+    Returns the tied groups as full module names (relative to ``root``). The tied A stays one
+    parameter, so optimizers, DDP and ``parameters()`` see it once.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    tied = []
+    for parent_name, parent in root.named_modules():
+        for group in groups:
+            layers = [getattr(parent, name, None) for name in group]
+            if not all(isinstance(layer, LoraLayer) for layer in layers):
+                continue
+            shared = layers[0].lora_A[adapter_name].weight
+            for layer in layers[1:]:
+                layer.lora_A[adapter_name].weight = shared
+            prefix = f"{parent_name}." if parent_name else ""
+            tied.append(tuple(prefix + name for name in group))
+    return tied
 
 
 POLICIES: Registry[Any] = Registry("backend")

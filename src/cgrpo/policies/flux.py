@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgrpo.config import ConfigError, option, parse
-from cgrpo.policies.base import POLICIES, Condition, Policy
+from cgrpo.policies.base import POLICIES, Condition, LoraTargets, Policy
 from cgrpo.policies.flux_blocks import COMPILE_BACKENDS, compile_blocks, enable_checkpointing
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,10 @@ ATTENTION_BACKENDS = (
     "xformers",
 )
 
-#: The modules diffusers' Kontext LoRA training adapts. Names match by suffix, so the
-#: attention projections of the single blocks (attn.to_q/k/v) are included, while the
-#: single blocks' ``proj_out`` is not (a bare "proj_out" would also hit the final output
-#: layer); list ``single_transformer_blocks.N.proj_out`` explicitly to add them.
+#: The modules diffusers' Kontext LoRA training adapts (preset ``diffusers``). Names match by
+#: suffix, so the attention projections of the single blocks (attn.to_q/k/v) are included,
+#: while the single blocks' ``proj_out`` is not (a bare "proj_out" would also hit the final
+#: output layer); list ``single_transformer_blocks.N.proj_out`` explicitly to add them.
 KONTEXT_LORA_TARGETS = (
     "attn.to_q",
     "attn.to_k",
@@ -75,6 +75,22 @@ KONTEXT_LORA_TARGETS = (
     "ff_context.net.0.proj",
     "ff_context.net.2",
     "proj_mlp",
+)
+
+#: The official UNO / Customized-GRPO LoRA (preset ``paper``) in diffusers' names. Double
+#: blocks: the fused qkv and the output projection of both streams (BFL's ``img_attn.qkv``,
+#: ``img_attn.proj``, ``txt_attn.qkv``, ``txt_attn.proj``); single blocks: the qkv part of
+#: ``linear1`` and ``linear2`` (diffusers' ``proj_out``); nothing in the MLPs. diffusers keeps
+#: q, k and v as separate layers, so each fused qkv LoRA becomes three LoRAs that share one
+#: down-projection A (exactly the fused rank-r LoRA; see LoraTargets). A regular expression
+#: on full names, so the final top-level ``proj_out`` is not caught.
+PAPER_LORA_TARGETS = LoraTargets(
+    modules=(
+        r"transformer_blocks\.\d+\.attn\."
+        r"(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+        r"|single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_out)"
+    ),
+    shared_down=(("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj")),
 )
 
 #: Sub-directories of a diffusers FLUX checkpoint this backend loads (scheduler/ is unused:
@@ -367,6 +383,7 @@ class FluxPolicy(Policy):
 
     backend = "flux"
     default_lora_targets = KONTEXT_LORA_TARGETS
+    lora_presets = {"paper": PAPER_LORA_TARGETS, "diffusers": LoraTargets(KONTEXT_LORA_TARGETS)}
 
     def __init__(
         self,
@@ -737,6 +754,7 @@ __all__ = [
     "ID_SCHEMES",
     "KONTEXT_LORA_TARGETS",
     "MODEL_PARTS",
+    "PAPER_LORA_TARGETS",
     "VARIANTS",
     "check_model_dir",
     "fuse_xlabs_lora",

@@ -7,8 +7,12 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from cgrpo.config.schema import ConfigError
 from cgrpo.config.train import Config, load_config
 from cgrpo.policies.base import LoraSettings, Policy, build_policy
+
+#: ``model.lora.init`` -> peft's ``init_lora_weights``
+LORA_INIT_WEIGHTS: dict[str, bool | str] = {"default": True, "gaussian": "gaussian"}
 
 
 def lora_settings(config: Config) -> LoraSettings:
@@ -17,7 +21,8 @@ def lora_settings(config: Config) -> LoraSettings:
         rank=lc.rank,
         alpha=lc.alpha,
         dropout=lc.dropout,
-        target_modules=tuple(lc.targets) if lc.targets else None,
+        targets=tuple(lc.targets) if isinstance(lc.targets, list) else lc.targets,
+        init_weights=LORA_INIT_WEIGHTS[lc.init],
     )
 
 
@@ -27,7 +32,10 @@ def build_policy_from_config(
     """The configured backend (base weights), optionally with a fresh LoRA adapter."""
     policy = build_policy(config.model.backend, config.model.options, device=device)
     if with_lora:
-        policy.add_lora(lora_settings(config))
+        try:
+            policy.add_lora(lora_settings(config))
+        except ValueError as e:  # an unknown preset, or names the model does not have
+            raise ConfigError("model.lora.targets", config.model.lora.targets, str(e)) from None
     return policy.to(device)
 
 

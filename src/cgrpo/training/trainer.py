@@ -11,7 +11,11 @@ Each training step:
    accumulated over micro-batches, optional KL to the frozen base, AdamW on the LoRA.
 
 Multi-process runs go through accelerate (``accelerate launch -m cgrpo.cli train ...``):
-each process samples its own groups, gradients are averaged by DDP.
+each process samples its own whole groups, gradients are averaged by DDP. Every random draw
+of a group (start noise, SDE noise, trained steps, mini-batch slots) is keyed by the group's
+position in the step's global list of groups, never by the process, so W processes with
+``groups_per_step = g`` train the same LoRA as one process with ``groups_per_step = W * g``
+(up to float rounding; README "Many processes" lists where that does not hold).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +91,31 @@ def generator_for(*parts: Any) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
+def stratified_minibatches(
+    groups: Sequence[int], group_size: int, count: int, seed: int, step: int
+) -> list[torch.Tensor]:
+    """Split a process's ``len(groups) * group_size`` rows into ``count`` equal mini-batches.
+
+    ``groups`` are the positions of the process's groups among all processes' groups of the
+    step (contiguous, as :meth:`Trainer.step_groups`). Group ``q`` orders its samples at
+    random (keyed by ``seed, step, q``); its ``p``-th sample takes the global slot
+    ``t = q * group_size + p`` and joins mini-batch ``t % count``. A process holds a
+    contiguous run of ``len(groups) * group_size`` slots, which ``count`` divides, so each of
+    its mini-batches has the same size, and mini-batch ``m`` of one process holding every
+    group is the union of mini-batch ``m`` over any number of processes: DDP's gradient
+    average then equals the one-process mean. Returns ``count`` index tensors into the rows.
+    """
+    rows = len(groups) * group_size
+    if rows % count:
+        raise ValueError(f"{count} mini-batches do not split {rows} rows evenly")
+    buckets: list[list[int]] = [[] for _ in range(count)]
+    for j, q in enumerate(groups):
+        order = torch.randperm(group_size, generator=generator_for(seed, "order", step, q))
+        for p, k in enumerate(order.tolist()):
+            buckets[(q * group_size + p) % count].append(j * group_size + k)
+    return [torch.tensor(b) for b in buckets]
+
+
 @dataclass
 class ScoredRewards:
     """The rewards of a run, built once: objects, the spec of each used column."""
@@ -141,6 +171,7 @@ class Trainer:
     ) -> None:
         from accelerate import Accelerator
 
+        config.validate_for_training()
         self.config = config
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator or Accelerator(
@@ -192,12 +223,14 @@ class Trainer:
         )
         self.optimizer.register_step_pre_hook(lambda *_: self._begin_update())
         warm = cfg.train.warmup_steps
+        # The LR is a function of the training step. The scheduler is not passed through
+        # accelerator.prepare: accelerate's wrapper steps a prepared scheduler once per
+        # process on every call (it assumes the batch grows with the process count), which
+        # ran the warm-up W times too fast on W processes.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
         )
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
-            self.policy, self.optimizer, self.scheduler
-        )
+        self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         if self._resume:
             self._load_latest_checkpoint()
         self.metrics = (
@@ -224,14 +257,19 @@ class Trainer:
         raise FileNotFoundError(f"--resume: no intact checkpoint in {self.run_dir / 'checkpoints'}")
 
     # ------------------------------------------------------------------ stage 1: sample
+    def step_groups(self) -> range:
+        """Positions of this process's groups among the ``W * groups_per_step`` groups that
+        all processes sample in a step (the same at every step)."""
+        per_process = self.config.sampling.groups_per_step
+        return range(self.rank * per_process, (self.rank + 1) * per_process)
+
     def examples_for_step(self, step: int) -> list[Example]:
         """This process's examples at ``step``: a seeded permutation per epoch, no repeats."""
         n = len(self.dataset)
-        per_step = self.config.sampling.groups_per_step
+        per_step = self.world_size * self.config.sampling.groups_per_step
         out = []
-        for j in range(per_step):
-            pos = (step * self.world_size + self.rank) * per_step + j
-            epoch, offset = divmod(pos, n)
+        for q in self.step_groups():
+            epoch, offset = divmod(step * per_step + q, n)
             perm = torch.randperm(n, generator=generator_for(self.config.seed, "epoch", epoch))
             out.append(self.dataset[int(perm[offset])])
         return out
@@ -263,13 +301,18 @@ class Trainer:
                 [e.prompt for e in examples], [e.references for e in examples]
             ).to(self.device)
         cond = cond.repeat_interleave(g)
-        gen = generator_for(self.config.seed, "noise", step, self.rank)
-        noise = initial_noise(
-            self.policy,
-            len(examples) * g,
-            gen,
-            group_size=g if cfg.same_noise else 1,
-            device=self.device,
+        seed = self.config.seed
+        noise = torch.cat(
+            [
+                initial_noise(
+                    self.policy,
+                    g,
+                    generator_for(seed, "noise", step, q),
+                    group_size=g if cfg.same_noise else 1,
+                    device=self.device,
+                )
+                for q in self.step_groups()
+            ]
         )
         self.policy.eval()
         with merged_lora(self.policy) if cfg.merge_lora else nullcontext():
@@ -281,7 +324,11 @@ class Trainer:
                 noise_level=cfg.noise_level,
                 kind=cfg.sde_kind,
                 sde_steps=self.trained_steps_mask(step),
-                generator=generator_for(self.config.seed, "sde", step, self.rank),
+                generator=[
+                    generator_for(seed, "sde", step, q, k)
+                    for q in self.step_groups()
+                    for k in range(g)
+                ],
                 chunk_size=cfg.chunk_size,
             )
         with torch.no_grad():
@@ -315,11 +362,16 @@ class Trainer:
                 n_steps, t.window_size, t.window_stride, step, b, t.window_shift_interval
             )
         else:
-            timesteps = select_timesteps_random(
-                n_steps,
-                cfg.train.timestep_fraction,
-                b,
-                generator=generator_for(cfg.seed, "timesteps", step, self.rank),
+            timesteps = torch.cat(
+                [
+                    select_timesteps_random(
+                        n_steps,
+                        cfg.train.timestep_fraction,
+                        rollout.group_size,
+                        generator=generator_for(cfg.seed, "timesteps", step, q),
+                    )
+                    for q in self.step_groups()
+                ]
             )
         weights = self._reward_weights(timesteps)  # [B, T, K]
         combined = torch.stack(
@@ -358,11 +410,11 @@ class Trainer:
         cfg = self.config
         t = cfg.train
         traj = rollout.trajectory
-        b, n_t = adv.timesteps.shape
+        n_t = adv.timesteps.shape[1]
         sigmas = self.sigmas.to(self.device)
-        torch.manual_seed(derive_seed(cfg.seed, "update", step, self.rank))  # LoRA dropout
-        order = torch.randperm(b, generator=generator_for(cfg.seed, "order", step, self.rank))
-        minibatches = order.chunk(t.updates_per_step)
+        minibatches = stratified_minibatches(
+            self.step_groups(), rollout.group_size, t.updates_per_step, cfg.seed, step
+        )
         stats: dict[str, float] = defaultdict(float)
         first_ratio_dev = 0.0
         self.model.train()
@@ -432,9 +484,9 @@ class Trainer:
             stats["grad_norm"] += float(norm) / len(minibatches)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        stats["lr"] = self.scheduler.get_last_lr()[0]  # the LR this step's updates used
         self.scheduler.step()
         stats["first_update_ratio_dev"] = first_ratio_dev
-        stats["lr"] = self.scheduler.get_last_lr()[0]
         return dict(stats)
 
     # ------------------------------------------------------------------ the loop
