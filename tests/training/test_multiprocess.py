@@ -43,7 +43,14 @@ def lr_sequence(run_dir: Path) -> list[float]:
     ],
 )
 def test_processes_train_the_one_process_lora(world, group_size, groups, updates, tmp_path):
-    shared = [f"sampling.group_size={group_size}", f"train.updates_per_step={updates}"]
+    shared = [
+        f"sampling.group_size={group_size}",
+        f"train.updates_per_step={updates}",
+        # PPO clipping is a step function of the ratio: after the first update of a step, a
+        # ratio within rounding of 1 +- eps may be clipped in one run and not in the other.
+        # A wide clip range keeps the comparison smooth (the equality itself does not need it).
+        "train.clip_range=100",
+    ]
     out = tmp_path / "ddp"
     worker = Path(__file__).with_name("ddp_worker.py")
     args = [*shared, f"sampling.groups_per_step={groups}"]
@@ -89,5 +96,6 @@ def test_processes_train_the_one_process_lora(world, group_size, groups, updates
     assert loras[0].keys() == expected_lora.keys()
     for key, value in expected_lora.items():
         assert all(torch.equal(lora[key], loras[0][key]) for lora in loras[1:]), key
-        torch.testing.assert_close(loras[0][key], value, rtol=1e-4, atol=1e-6)
+        # float rounding only: 1e-5 is 0.1% of one Adam step at lr 0.01
+        torch.testing.assert_close(loras[0][key], value, rtol=1e-4, atol=1e-5)
     assert (out / "run" / "final" / "adapter.safetensors").is_file()
