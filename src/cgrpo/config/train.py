@@ -143,6 +143,11 @@ class OptimConfig:
     mixed_precision: str = option(
         "no", "accelerate mixed precision", choices=("no", "bf16", "fp16")
     )
+    offload_rewards: bool = option(
+        False,
+        "keep reward models on the CPU and move each to the accelerator only to score "
+        "(frees their memory while sampling and updating; two transfers per step)",
+    )
 
 
 @dataclass

@@ -118,27 +118,43 @@ def stratified_minibatches(
 
 @dataclass
 class ScoredRewards:
-    """The rewards of a run, built once: objects, the spec of each used column."""
+    """The rewards of a run, built once: objects, the spec of each used column.
+
+    With ``offload_to`` set, the reward models wait on the CPU and move to that device only
+    to score (one reward at a time), so they hold no accelerator memory while the policy
+    samples and updates.
+    """
 
     rewards: dict[str, Reward]
     columns: dict[str, RewardSpec]  # column name -> spec (trained and monitored)
+    offload_to: torch.device | None = None
 
     def score(self, request: ScoreRequest) -> RewardBatch:
         out: dict[str, torch.Tensor] = {}
         for reward in self.rewards.values():
-            out.update(reward.score(request))
+            if self.offload_to is None:
+                out.update(reward.score(request))
+                continue
+            reward.to(self.offload_to)
+            try:
+                out.update(reward.score(request))
+            finally:
+                reward.offload()
         return RewardBatch({c: out[c] for c in self.columns})
 
 
-def build_rewards(specs: list[RewardSpec], device: torch.device) -> ScoredRewards:
+def build_rewards(
+    specs: list[RewardSpec], device: torch.device, offload: bool = False
+) -> ScoredRewards:
     """Instantiate each configured reward once and map the used columns to their specs."""
     rewards: dict[str, Reward] = {}
     columns: dict[str, RewardSpec] = {}
     context = RewardContext(device=device)
+    home = torch.device("cpu") if offload else device
     for spec in specs:
         if spec.name not in rewards:
             try:
-                rewards[spec.name] = build_reward(spec.name, spec.options, context).to(device)
+                rewards[spec.name] = build_reward(spec.name, spec.options, context).to(home)
             except ValueError as e:
                 if isinstance(e, ConfigError):
                     raise
@@ -160,7 +176,7 @@ def build_rewards(specs: list[RewardSpec], device: torch.device) -> ScoredReward
                 None,
                 f"reward returns several columns; choose from {', '.join(reward.columns)}",
             )
-    return ScoredRewards(rewards, columns)
+    return ScoredRewards(rewards, columns, device if offload else None)
 
 
 class Trainer:
@@ -203,7 +219,7 @@ class Trainer:
         self.dataset = build_dataset(cfg.data.name, cfg.data.options, "train")
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {cfg.data.name!r} has no examples")
-        self.scorer = build_rewards(cfg.rewards, self.device)
+        self.scorer = build_rewards(cfg.rewards, self.device, cfg.train.offload_rewards)
         trained = cfg.trained_rewards
         self.trained_columns = [c for c, s in self.scorer.columns.items() if s in trained]
         self.trained_columns.sort(key=lambda c: 0 if self.scorer.columns[c].role == "prompt" else 1)
