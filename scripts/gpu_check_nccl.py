@@ -16,64 +16,23 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "policies"))  # flux_tiny: offline tiny FLUX parts
 
-REWARDS = """
-def both(images, prompts, references, **kwargs):
-    return {"brightness": images.mean(dim=(1, 2, 3)),
-            "redness": images[:, 0].mean(dim=(1, 2)) - images[:, 1:].mean(dim=(1, 2, 3))}
-"""
 
+def check_config(work: Path) -> dict:
+    """The tiny FLUX run of the tests (model dir, jsonl data, custom reward), in bf16 with
+    the paper's LoRA preset, one group of 4, two updates per step."""
+    from flux_tiny import tiny_run_config
 
-def write_inputs(work: Path) -> dict:
-    """A tiny FLUX model directory, a two-line jsonl dataset and a two-column reward."""
-    from flux_tiny import MAX_SEQ, save_tiny_model, tiny_components
-
-    model = save_tiny_model(tiny_components(), work / "model")
-    rng = np.random.default_rng(0)
-    lines = []
-    for i, prompt in enumerate(["a dog in the snow", "a red backpack"]):
-        image = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
-        Image.fromarray(image).save(work / f"ref{i}.png")
-        lines.append(json.dumps({"prompt": prompt, "references": [f"ref{i}.png"]}))
-    (work / "data.jsonl").write_text("\n".join(lines) + "\n")
-    (work / "rewards.py").write_text(REWARDS)
-    reward = {
-        "name": "custom",
-        "options": {"target": f"{work / 'rewards.py'}:both", "columns": ["brightness", "redness"]},
-    }
-    return {
-        "model": {
-            "backend": "flux",
-            "options": {
-                "path": str(model),
-                "height": 16,
-                "width": 16,
-                "dtype": "bf16",
-                "max_sequence_length": MAX_SEQ,
-            },
-            "lora": {"rank": 4, "alpha": 4.0, "targets": "paper", "init": "gaussian"},
-        },
-        "data": {"name": "jsonl", "options": {"path": str(work / "data.jsonl")}},
-        "rewards": [
-            {**reward, "role": "prompt", "column": "brightness"},
-            {**reward, "role": "identity", "column": "redness"},
-        ],
-        "sampling": {"num_steps": 4, "group_size": 4, "groups_per_step": 1},
-        "train": {"steps": 2, "micro_batch": 3, "updates_per_step": 2, "mixed_precision": "bf16"},
-        "logging": {
-            "sample_every": 0,
-            "checkpoint_every": 0,
-            "progress": False,
-            "tensorboard": False,
-        },
-        "eval": {"before_after": False},
-    }
+    config = tiny_run_config(work)
+    config["model"]["options"]["dtype"] = "bf16"
+    config["model"]["lora"].update(targets="paper", init="gaussian")
+    config["sampling"]["group_size"] = 4
+    config["train"].update(updates_per_step=2, mixed_precision="bf16")
+    return config
 
 
 def main() -> int:
@@ -91,7 +50,7 @@ def main() -> int:
     torch.manual_seed(0)
     work = args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    config = config_from_dict(write_inputs(work))
+    config = config_from_dict(check_config(work))
     start = time.perf_counter()
     trainer = Trainer(config, work / "run")
     backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
