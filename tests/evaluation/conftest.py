@@ -43,8 +43,9 @@ class TinyEvalPolicy(Policy):
     backend = TINY_BACKEND
     default_lora_targets = ("proj",)
 
-    def __init__(self) -> None:
+    def __init__(self, guidance: float = 1.0) -> None:
         super().__init__()
+        self.guidance = guidance  # scales the target colour (a stand-in for FLUX guidance)
         self.denoiser = nn.Module()
         self.denoiser.proj = nn.Linear(3, 3)
         with torch.no_grad():
@@ -59,7 +60,7 @@ class TinyEvalPolicy(Policy):
         return (16, 3)
 
     def forward(self, latents, sigma, cond):
-        target = self.denoiser.proj(cond.tensors["colour"])[:, None, :]
+        target = self.guidance * self.denoiser.proj(cond.tensors["colour"])[:, None, :]
         return 0.5 * (latents - target) / sigma.clamp_min(1e-3)[:, None, None]
 
     def decode(self, latents):
@@ -67,8 +68,26 @@ class TinyEvalPolicy(Policy):
         return img.reshape(-1, 4, 4, 3).permute(0, 3, 1, 2)
 
 
+GUIDED_BACKEND = "eval-tiny-guided"
+
+
+def _tiny_factory(allowed: tuple[str, ...]):
+    """A registry factory that refuses unknown options, as the real backends do."""
+
+    def build(options, device, dtype):
+        from cgrpo.config.schema import ConfigError
+
+        for key in options:
+            if key not in allowed:
+                raise ConfigError(f"model.options.{key}", options[key], "unknown key")
+        return TinyEvalPolicy(**options).to(device)
+
+    return build
+
+
 if TINY_BACKEND not in POLICIES:
-    POLICIES.register(TINY_BACKEND, lambda options, device, dtype: TinyEvalPolicy().to(device))
+    POLICIES.register(TINY_BACKEND, _tiny_factory(()))
+    POLICIES.register(GUIDED_BACKEND, _tiny_factory(("guidance",)))
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PROMPTS_FILE = "prompts_and_classes.txt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -335,6 +336,63 @@ def load_dreambench(
     return bench
 
 
+def dreambench_items(bench: DreamBench, subjects: set[str] | None = None) -> list[Any]:
+    """The pairs of ``bench`` as :class:`~cgrpo.evaluation.harness.EvalItem` s.
+
+    ``subjects`` keeps only those (each item keeps its index in the full benchmark, so its
+    noise seed does not change). Pairs with the same reference files share one tensor;
+    several references of one pair are resized to the first one's size so they stack.
+    Metadata (what rewards read): ``subject``, ``class_noun``, ``live``, ``kind`` and
+    ``reference_paths`` (the reference files, e.g. to find ``<ref>_seg.png`` cut-outs).
+    """
+    import torch
+
+    from cgrpo.data.base import load_image
+    from cgrpo.evaluation.harness import EvalItem
+
+    stacks: dict[tuple[Path, ...], torch.Tensor] = {}
+
+    def references(paths: tuple[Path, ...]) -> torch.Tensor:
+        if paths not in stacks:
+            refs = [load_image(p, "DreamBench reference image") for p in paths]
+            size = tuple(refs[0].shape[1:])
+            refs = [
+                r
+                if tuple(r.shape[1:]) == size
+                else torch.nn.functional.interpolate(
+                    r[None], size=size, mode="bilinear", antialias=True
+                )[0]
+                for r in refs
+            ]
+            stacks[paths] = torch.stack(refs)
+        return stacks[paths]
+
+    items = []
+    for i, pair in enumerate(bench.pairs):
+        if subjects is not None and pair.subject not in subjects:
+            continue
+        items.append(
+            EvalItem(
+                index=i,
+                key=pair.key,
+                subject=pair.subject,
+                prompt_index=pair.prompt_index,
+                prompt=pair.prompt,
+                kind=pair.kind,
+                references=references(pair.references),
+                metadata={
+                    "subject": pair.subject,
+                    "class_noun": pair.class_noun,
+                    "live": pair.live,
+                    "kind": pair.kind,
+                    "reference_paths": [str(p) for p in pair.references],
+                },
+                reference_label=";".join(str(p) for p in pair.references),
+            )
+        )
+    return items
+
+
 __all__ = [
     "ACCESSORIZATION",
     "LIVE_CLASSES",
@@ -345,6 +403,7 @@ __all__ = [
     "DreamBenchPair",
     "DreamBenchSubject",
     "classify_template",
+    "dreambench_items",
     "load_dreambench",
     "load_protocol",
     "parse_prompts_and_classes",

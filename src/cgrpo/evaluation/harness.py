@@ -12,7 +12,8 @@ Two entry points share the generation and scoring helpers defined here:
 Seeds: image ``(item, s)`` starts from the noise of seed
 ``base_seed + s * SEED_STRIDE + item.index`` (``item.index`` is the item's position in the
 full benchmark), so an image does not depend on batching, on which items were already done,
-or on a subset filter. Images are scored after rounding to 8 bits, exactly as saved, so an
+or on a subset filter. With ``shared_seed`` every item's image ``s`` uses ``base_seed + s``
+instead: the same noise for every pair, as UNO's DreamBench script does (seed 3407). Images are scored after rounding to 8 bits, exactly as saved, so an
 evaluation from memory, from a resumed folder, or via ``--images`` scores identical pixels.
 """
 
@@ -82,8 +83,12 @@ class EvalItem:
         )
 
 
-def image_seed(item: EvalItem, seed_index: int, base_seed: int = 0) -> int:
-    """The noise seed of image ``(item, seed_index)``."""
+def image_seed(
+    item: EvalItem, seed_index: int, base_seed: int = 0, shared_seed: bool = False
+) -> int:
+    """The noise seed of image ``(item, seed_index)`` (see the module docstring)."""
+    if shared_seed:
+        return base_seed + seed_index
     return base_seed + seed_index * SEED_STRIDE + item.index
 
 
@@ -120,6 +125,7 @@ def generate_batches(
     seed_index: int,
     *,
     base_seed: int = 0,
+    shared_seed: bool = False,
     batch_size: int = 8,
     gen_kwargs: dict[str, Any] | None = None,
     generate_fn: GenerateFn | None = None,
@@ -128,17 +134,17 @@ def generate_batches(
 
     ``generate_fn`` defaults to :func:`cgrpo.sampling.generate`, which gives item ``i`` of a
     call the noise of ``seed + i``; batches are runs of consecutive ``item.index`` so that
-    each image gets the noise of :func:`image_seed`.
+    each image gets the noise of :func:`image_seed` (one item per call with ``shared_seed``).
     """
     if generate_fn is None:
         from cgrpo.sampling import generate as generate_fn
     ordered = sorted(items, key=lambda it: it.index)
-    for run in _contiguous_runs(ordered, batch_size):
+    for run in _contiguous_runs(ordered, 1 if shared_seed else batch_size):
         images = generate_fn(
             policy,
             [it.prompt for it in run],
             [it.references for it in run],
-            seed=image_seed(run[0], seed_index, base_seed),
+            seed=image_seed(run[0], seed_index, base_seed, shared_seed),
             batch_size=batch_size,
             **(gen_kwargs or {}),
         )
@@ -214,6 +220,7 @@ def evaluate_policy(
     gen_kwargs: dict[str, Any] | None = None,
     seeds: int = 1,
     base_seed: int = 0,
+    shared_seed: bool = False,
     batch_size: int = 8,
     progress: bool = False,
     generate_fn: GenerateFn | None = None,
@@ -226,7 +233,7 @@ def evaluate_policy(
         items: :class:`EvalItem` s, or :class:`cgrpo.data.base.Example` s (wrapped in order).
         rewards: built rewards; every column they return becomes a score column.
         gen_kwargs: ``num_steps``, ``shift``, ``dynamic_shift`` for the sampler.
-        seeds: images per item; base_seed: see :func:`image_seed`.
+        seeds: images per item; base_seed, shared_seed: see :func:`image_seed`.
         keep_images: also return the images (e.g. for the trainer's before/after grid).
 
     Returns:
@@ -245,6 +252,7 @@ def evaluate_policy(
             items,
             s,
             base_seed=base_seed,
+            shared_seed=shared_seed,
             batch_size=batch_size,
             gen_kwargs=gen_kwargs,
             generate_fn=generate_fn,

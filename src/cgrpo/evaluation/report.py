@@ -299,6 +299,29 @@ def build_report(
     return files
 
 
+def report_runs(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    ci_seed: int = 0,
+    **options: Any,
+) -> tuple[list[RunResults], dict[str, Path]]:
+    """Load the evaluation folders ``paths`` and write their report into ``out_dir``.
+
+    ``labels``: display names, one per path; ``options``: :func:`build_report` keywords.
+    Returns the loaded runs and the files written.
+    """
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"give one label per run ({len(paths)}), got {len(labels)}")
+    runs = [
+        load_run(p, labels[i] if labels else None, resamples=resamples, seed=ci_seed)
+        for i, p in enumerate(paths)
+    ]
+    return runs, build_report(runs, out_dir, **options)
+
+
 __all__ = [
     "IDENTITY_PREFERENCE",
     "META_FILE",
@@ -309,5 +332,6 @@ __all__ = [
     "comparison_markdown",
     "load_run",
     "pareto_points",
+    "report_runs",
     "write_grids",
 ]

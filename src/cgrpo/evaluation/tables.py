@@ -172,6 +172,44 @@ def compare_records(
     return out
 
 
+def deltas_table(deltas: Sequence[Delta], label_a: str, label_b: str) -> str:
+    """The ``cgrpo compare`` table (``*``: the interval excludes zero)."""
+    width = max([len(d.metric) for d in deltas] + [6])
+    lines = [
+        f"A = {label_a}",
+        f"B = {label_b}",
+        "",
+        f"{'metric':<{width}}  {'A':>9}  {'B':>9}  {'B - A':>9}  {'95% CI (paired)':>22}"
+        f"  {'pairs':>5}",
+    ]
+    for d in deltas:
+        ci = f"[{d.delta.low:+.4f}, {d.delta.high:+.4f}]"
+        lines.append(
+            f"{d.metric:<{width}}  {d.mean_a:>9.4f}  {d.mean_b:>9.4f}  "
+            f"{d.delta.mean:>+9.4f}  {ci:>22}  {d.delta.n:>5}" + ("  *" if d.significant else "")
+        )
+    lines += ["", "* the interval excludes 0"]
+    return "\n".join(lines)
+
+
+def deltas_json(deltas: Sequence[Delta], label_a: str, label_b: str) -> dict[str, Any]:
+    """``cgrpo compare --json``: both runs and one entry per metric."""
+    return {
+        "a": label_a,
+        "b": label_b,
+        "deltas": [
+            {
+                "metric": d.metric,
+                "mean_a": d.mean_a,
+                "mean_b": d.mean_b,
+                **{f"delta_{k}": v for k, v in d.delta.to_dict().items()},
+                "significant": d.significant,
+            }
+            for d in deltas
+        ],
+    }
+
+
 # ----- writers -------------------------------------------------------------------------------
 
 
@@ -270,6 +308,8 @@ __all__ = [
     "Delta",
     "Summary",
     "compare_records",
+    "deltas_json",
+    "deltas_table",
     "estimate",
     "summarize",
     "summary_markdown",
