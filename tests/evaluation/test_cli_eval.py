@@ -59,7 +59,7 @@ def test_dreambench_eval_writes_everything_and_resumes(setup, dreambench_root, t
         "protocol:customized_grpo_singleip.json",
     ]
     assert _eval(*common, "--seeds", "2", "--out", str(out)) == 0
-    assert "| dino |" in capsys.readouterr().out
+    assert "| dino [cosine, 0-1] |" in capsys.readouterr().out  # the scale in the header
     rows = _rows(out / "pairs.csv")
     assert len(rows) == 2 * 25 * 2
     assert {r["reference"].rsplit("/", 2)[-2:][1] for r in rows if r["subject"] == "dog"} == {
@@ -143,7 +143,8 @@ def test_adapter_eval_and_compare(setup, dreambench_root, tmp_path, capsys):
         ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("eval-test-match")
     )
     fields = line.replace("*", "").split()
-    assert fields[3] != "+0.0000" and fields[-1] == "25"  # the adapter changed the images
+    assert fields[3] != "+0.0000"  # the adapter changed the images
+    assert fields[-2:] == ["25", "1"]  # pairs, subjects
 
 
 def test_toybench_eval_with_heldout_measures(setup, tmp_path):

@@ -59,7 +59,8 @@ def test_records_hold_rewards_ground_truth_kind_and_cluster(check_and_policies, 
     assert summary["by_kind"]["property"]["gt-scene"] == pytest.approx(sum(prop) / len(prop))
 
     table = held_out_table(tmp_path, resamples=200)
-    assert "| gt-colour | all | 12 |" in table and "| mean-match | property |" in table
+    assert "| gt-colour [share, 0-1] | all | 12 |" in table
+    assert "| mean-match | property |" in table  # unknown scale: the bare name
     grid = before_after_grid(check.items, before, after, ["mean-match"], max_items=3)
     assert grid.size[1] > 0 and grid.size[0] == 96 * 3  # reference | base | trained
 

@@ -112,6 +112,7 @@ def test_html_is_offline(two_runs):
     build_report([load_run(p) for p in two_runs], two_runs[0].parent / "cmp")
     html = (two_runs[0].parent / "cmp" / "report.html").read_text()
     assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "<th>dino-seg [cosine, 0-1]</th>" in html  # every header names the scale
     srcs = re.findall(r"src='([^']+)'", html)
     assert srcs and all((two_runs[0].parent / "cmp" / s).resolve().is_file() for s in srcs)
     build_report([load_run(two_runs[0])], two_runs[0].parent / "one", embed_images=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cgrpo.evaluation.stats import bootstrap_ci, paired_bootstrap_ci
+from cgrpo.evaluation.stats import bootstrap_ci, cluster_bootstrap_means, paired_bootstrap_ci
 
 
 @pytest.mark.parametrize("dist", ["normal", "uniform", "binary", "skewed"])
@@ -70,3 +70,55 @@ def test_paired_interval_is_tighter_than_unpaired_and_finds_a_small_gain():
     assert paired.high - paired.low < (b.high - b.low) / 5
     with pytest.raises(ValueError, match="3 values in a but 2 in b"):
         paired_bootstrap_ci([1, 2, 3], [1, 2])
+
+
+def _clustered(n_clusters: int, per_cluster: int, between: float, within: float, seed: int):
+    rng = np.random.default_rng(seed)
+    effects = rng.normal(0, between, n_clusters)
+    values = np.repeat(effects, per_cluster) + rng.normal(0, within, n_clusters * per_cluster)
+    return values, np.repeat([f"subject{c}" for c in range(n_clusters)], per_cluster)
+
+
+def test_cluster_interval_follows_the_standard_error_of_cluster_means():
+    values, clusters = _clustered(40, 20, between=1.0, within=0.05, seed=0)
+    means = values.reshape(40, 20).mean(axis=1)
+    analytic = means.std(ddof=1) / np.sqrt(40)  # SE of the mean of cluster means
+    est = bootstrap_ci(values, clusters=clusters, resamples=4000, seed=1)
+    assert est.clusters == 40 and est.n == 800
+    assert est.half_width / 1.96 == pytest.approx(analytic, rel=0.12)
+    iid = bootstrap_ci(values, resamples=4000, seed=1)
+    assert iid.clusters is None
+    assert iid.half_width < est.half_width / 3  # independent resampling: far too narrow
+
+
+def test_cluster_interval_without_between_cluster_variance_is_at_most_sqrt2_wider():
+    values, clusters = _clustered(40, 20, between=0.0, within=1.0, seed=2)
+    est = bootstrap_ci(values, clusters=clusters, resamples=4000, seed=3)
+    iid = bootstrap_ci(values, resamples=4000, seed=3)
+    assert 1.0 < est.half_width / iid.half_width < 1.6
+
+
+def test_clusters_of_unequal_size_weigh_by_their_units():
+    # cluster a: one unit at 0; cluster b: three units at 1. Drawing two clusters gives
+    # (a, a) -> 0, (a, b) or (b, a) -> 3/4, (b, b) -> 1, with chances 1/4, 1/2, 1/4.
+    means = cluster_bootstrap_means(np.array([0.0, 1.0, 1.0, 1.0]), np.array([0, 1, 1, 1]), 4000, 0)
+    values, counts = np.unique(np.round(means, 9), return_counts=True)
+    assert values.tolist() == [0.0, 0.75, 1.0]
+    assert counts / 4000 == pytest.approx([0.25, 0.5, 0.25], abs=0.03)
+
+
+def test_paired_cluster_interval_and_label_checks():
+    base, clusters = _clustered(30, 25, between=1.0, within=0.3, seed=4)
+    rng = np.random.default_rng(5)
+    gain = np.repeat(rng.normal(0.1, 0.1, 30), 25)  # the gain itself varies by subject
+    paired = paired_bootstrap_ci(base, base + gain, clusters=clusters, seed=0)
+    assert paired.clusters == 30 and paired.contains(gain.mean())
+    iid = paired_bootstrap_ci(base, base + gain, seed=0)
+    assert iid.half_width < paired.half_width / 3
+    one = bootstrap_ci([1.0, 2.0, 4.0], clusters=["x", "x", "x"], seed=0)
+    assert one.clusters == 1 and one.low < one.mean < one.high  # one cluster: items only
+    with pytest.raises(ValueError, match="2 cluster labels for 3 values"):
+        bootstrap_ci([1.0, 2.0, 3.0], clusters=["a", "b"])
+    assert bootstrap_ci(base, clusters=clusters, seed=9) == bootstrap_ci(
+        base, clusters=clusters, seed=9
+    )

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from cgrpo.evaluation.results import ResultStore, read_records
-from cgrpo.evaluation.tables import compare_records, summarize, unit_scores, write_summary_files
+from cgrpo.evaluation.tables import (
+    compare_records,
+    deltas_table,
+    summarize,
+    summary_markdown,
+    unit_scores,
+    write_summary_files,
+)
 
 
 def test_units_are_pairs_averaged_over_seeds(records_factory):
@@ -75,3 +82,23 @@ def test_store_round_trip_and_torn_last_line(records_factory, tmp_path):
     assert len(read_records(tmp_path)) == 4
     header = (tmp_path / "pairs.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["key", "seed", "subject"] and header[-2:] == ["id", "prompt"]
+
+
+def test_intervals_resample_subjects_then_pairs(records_factory):
+    records = records_factory(n_subjects=3, n_prompts=5, seeds=2)
+    summary = summarize(records, resamples=300)
+    assert summary.overall["id"].clusters == 3 and summary.overall["id"].n == 15
+    assert summary.by_subject["s1"]["id"].clusters == 1
+    assert summary.to_dict()["overall"]["id"]["clusters"] == 3
+    shifted = records_factory(n_subjects=3, n_prompts=5, seeds=2, offset=0.05)
+    deltas = compare_records(records, shifted, ["id"], resamples=300)
+    assert deltas[0].delta.clusters == 3 and deltas[0].delta.n == 15
+
+
+def test_headers_show_each_metric_scale(records_factory):
+    records = records_factory(metrics=("dino", "hpsv3", "custom"))
+    md = summary_markdown(summarize(records, resamples=100))
+    assert "| metric [scale] |" in md and "| dino [cosine, 0-1] |" in md
+    assert "|  | dino [cosine, 0-1] | hpsv3 [HPSv3 score] | custom |" in md  # per kind
+    table = deltas_table(compare_records(records, records, resamples=100), "a", "b")
+    assert "\nhpsv3 [HPSv3 score]  " in table and "\ncustom  " in table

@@ -40,6 +40,7 @@ from cgrpo.evaluation.harness import (
     save_png,
 )
 from cgrpo.evaluation.results import RECORDS_FILE, metric_names, read_records, write_records
+from cgrpo.evaluation.scales import metric_label
 from cgrpo.rewards.base import Reward
 
 HELD_OUT_DIR = "heldout"
@@ -200,8 +201,8 @@ def held_out_table(run_dir: str | Path, *, resamples: int = 1000, seed: int = 0)
     """Markdown: each column's held-out mean before/after training and the paired change.
 
     One row per column for all items, then per prompt kind; the interval is the paired
-    bootstrap of :func:`cgrpo.evaluation.tables.compare_records`. Empty when the run has
-    no before/after records.
+    cluster bootstrap of :func:`cgrpo.evaluation.tables.compare_records` (identities, then
+    items within them). Empty when the run has no before/after records.
     """
     from cgrpo.evaluation.tables import compare_records
 
@@ -221,13 +222,13 @@ def held_out_table(run_dir: str | Path, *, resamples: int = 1000, seed: int = 0)
                 )
             )
     rows = [
-        "| metric | prompts | n | before | after | change [95% CI] |",
+        "| metric [scale] | prompts | n | before | after | change [95% CI, by subject] |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for label, before, after in groups:
         for d in compare_records(before, after, held.metrics, resamples=resamples, seed=seed):
             rows.append(
-                f"| {d.metric} | {label} | {d.delta.n} | {d.mean_a:.4f} | {d.mean_b:.4f} | "
+                f"| {metric_label(d.metric)} | {label} | {d.delta.n} | {d.mean_a:.4f} | {d.mean_b:.4f} | "
                 f"{d.delta.mean:+.4f} [{d.delta.low:+.4f}, {d.delta.high:+.4f}] |"
             )
     return "\n".join(rows)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cgrpo.evaluation.plots import PALETTE
+from cgrpo.evaluation.scales import metric_label
 from cgrpo.evaluation.stats import Estimate, auto_digits
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def _table(
     out = [
         "<div class='scroll'><table><thead><tr>",
         f"<th>{escape(first)}</th>",
-        *(f"<th>{escape(m)}</th>" for m in metrics),
+        *(f"<th>{escape(metric_label(m))}</th>" for m in metrics),
         "</tr></thead><tbody>",
     ]
     for name, ests in rows:
@@ -116,7 +117,20 @@ def _table(
 
 
 def _settings_line(meta: dict[str, Any]) -> str:
-    keys = ("bench", "adapter", "checkpoint", "images", "reference", "num_steps", "shift", "seeds")
+    keys = (
+        "protocol",
+        "bench",
+        "adapter",
+        "checkpoint",
+        "images",
+        "reference",
+        "num_steps",
+        "shift",
+        "dynamic_shift",
+        "base_seed",
+        "shared_seed",
+        "seeds",
+    )
     parts = []
     for k in keys:
         if meta.get(k) not in (None, "", False):
@@ -142,7 +156,8 @@ def render_report(
     sub = (
         f"{len(runs)} run{'s' if len(runs) > 1 else ''} · {n_pairs} pairs · "
         f"seeds {', '.join(map(str, first.seeds))} · mean over pairs with "
-        f"{int(round(first.confidence * 100))}% bootstrap CI ({first.resamples} resamples)"
+        f"{int(round(first.confidence * 100))}% bootstrap CI ({first.resamples} resamples of "
+        "subjects, then of pairs within them)"
     )
     body = [f"<header><h1>{escape(title)}</h1><p class='sub'>{escape(sub)}</p></header><main>"]
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from cgrpo.evaluation.plots import ParetoPoint, image_grid, pareto_figure, save_figure
 from cgrpo.evaluation.results import find_results, read_records, resolve_image
+from cgrpo.evaluation.scales import metric_label
 from cgrpo.evaluation.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Estimate
 from cgrpo.evaluation.tables import (
     Summary,
@@ -179,7 +180,7 @@ def _nan() -> Estimate:
 
 def comparison_markdown(runs: Sequence[RunResults], metrics: Sequence[str]) -> str:
     """Side-by-side overall table (rows: runs; cells: mean [CI])."""
-    header = ["run", "pairs", *metrics]
+    header = ["run", "pairs", *map(metric_label, metrics)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in runs:
         cells = [
@@ -276,7 +277,7 @@ def build_report(
                 for kind, ests in runs[0].summary.by_kind.items()
                 if kind
             ]
-        fig = pareto_figure(points, axes[0], axes[1], extra=extra)
+        fig = pareto_figure(points, metric_label(axes[0]), metric_label(axes[1]), extra=extra)
         files["pareto"] = save_figure(fig, out_dir / "pareto.png")
 
     grid_paths: dict[str, dict[str, Path]] = {}

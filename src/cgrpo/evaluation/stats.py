@@ -2,10 +2,21 @@
 
 Every estimate in a report is the mean over evaluation *units* (a DreamBench
 subject/prompt pair, its score averaged over seeds) with a percentile bootstrap interval:
-resample the units with replacement ``resamples`` times, take the mean of each resample,
-and report the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles.
+draw ``resamples`` resamples, take the mean of each, and report the ``(1 - confidence) / 2``
+and ``(1 + confidence) / 2`` quantiles.
+
+Units cluster: the 25 prompts of one DreamBench subject (or toybench identity) share that
+subject, so their scores are correlated and resampling units independently gives intervals
+that are too narrow. With ``clusters`` (one label per unit) the bootstrap is two-stage:
+draw the clusters with replacement, then, inside each drawn cluster, its units with
+replacement; the resample's mean is over all drawn units. When clusters differ, the
+interval's half-width follows the standard error of the mean of cluster means; when they do
+not, it is at most about sqrt(2) times the independent one (the within-cluster spread
+is counted by both stages), so it errs on the wide side.
+
 Comparisons of two runs resample the *differences* on the units both runs share (paired
-bootstrap), which is much tighter than two independent intervals when runs are correlated.
+bootstrap, clustered the same way), which is much tighter than two independent intervals
+when runs are correlated.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ class Estimate:
         low, high: the interval bounds (equal to ``mean`` when ``n == 1``).
         n: number of units.
         confidence: the interval's nominal coverage, e.g. 0.95.
+        clusters: number of clusters the bootstrap resampled (None: units independently).
     """
 
     mean: float
@@ -36,6 +48,7 @@ class Estimate:
     high: float
     n: int
     confidence: float = DEFAULT_CONFIDENCE
+    clusters: int | None = None
 
     @property
     def half_width(self) -> float:
@@ -55,6 +68,7 @@ class Estimate:
             "low": clean(self.low),
             "high": clean(self.high),
             "n": self.n,
+            "clusters": self.clusters,
             "confidence": self.confidence,
         }
 
@@ -108,45 +122,93 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
     return out
 
 
+def cluster_bootstrap_means(
+    values: np.ndarray, clusters: np.ndarray, resamples: int, seed: int
+) -> np.ndarray:
+    """Two-stage resample means of ``values`` ``[n]`` grouped by ``clusters`` ``[n]`` (integer
+    codes ``0..C-1``, every code used) -> ``[resamples]``.
+
+    Each resample draws ``C`` clusters with replacement, then ``n_c`` units with replacement
+    inside each drawn cluster ``c``, and averages all drawn units.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(clusters)
+    n_clusters, widest = sizes.size, int(sizes.max())
+    padded = np.zeros((n_clusters, widest))
+    order = np.argsort(clusters, kind="stable")
+    slot = np.arange(values.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    padded[clusters[order], slot] = values[order]
+    columns = np.arange(widest)
+    block = max(1, min(resamples, 4_000_000 // (n_clusters * widest)))
+    out = np.empty(resamples, dtype=np.float64)
+    for start in range(0, resamples, block):
+        stop = min(start + block, resamples)
+        drawn = rng.integers(0, n_clusters, size=(stop - start, n_clusters))
+        n_drawn = sizes[drawn][..., None]  # [b, C, 1]
+        inside = (rng.random((stop - start, n_clusters, widest)) * n_drawn).astype(np.int64)
+        picked = padded[drawn[..., None], inside] * (columns < n_drawn)
+        out[start:stop] = picked.sum(axis=(1, 2)) / n_drawn.sum(axis=(1, 2))
+    return out
+
+
+def _cluster_codes(clusters: Sequence[object] | np.ndarray, n: int, what: str) -> np.ndarray:
+    labels = np.asarray(clusters, dtype=object).reshape(-1)
+    if labels.size != n:
+        raise ValueError(f"{what}: {labels.size} cluster labels for {n} values")
+    return np.unique(labels.astype(str), return_inverse=True)[1].reshape(-1)
+
+
 def bootstrap_ci(
     values: Sequence[float] | np.ndarray,
     *,
+    clusters: Sequence[object] | np.ndarray | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> Estimate:
     """Mean of ``values`` ``[n]`` with a seeded percentile-bootstrap interval.
 
-    The same ``(values, resamples, confidence, seed)`` always gives the same interval.
+    ``clusters``: one label per value (e.g. the DreamBench subject); the bootstrap then
+    resamples clusters, then values within them (module docstring). None resamples values
+    independently. The same inputs and ``seed`` always give the same interval.
     """
     _check(resamples, confidence)
     arr = _as_vector(values, "bootstrap_ci")
+    codes = None if clusters is None else _cluster_codes(clusters, arr.size, "bootstrap_ci")
+    n_clusters = None if codes is None else int(codes.max()) + 1
     mean = float(arr.mean())
     if arr.size == 1:
-        return Estimate(mean, mean, mean, 1, confidence)
-    means = bootstrap_means(arr, resamples, seed)
+        return Estimate(mean, mean, mean, 1, confidence, n_clusters)
+    if codes is None:
+        means = bootstrap_means(arr, resamples, seed)
+    else:
+        means = cluster_bootstrap_means(arr, codes, resamples, seed)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return Estimate(mean, float(low), float(high), int(arr.size), confidence)
+    return Estimate(mean, float(low), float(high), int(arr.size), confidence, n_clusters)
 
 
 def paired_bootstrap_ci(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,
     *,
+    clusters: Sequence[object] | np.ndarray | None = None,
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> Estimate:
     """Mean of ``b - a`` over paired units ``[n]`` with a bootstrap interval.
 
-    ``a[i]`` and ``b[i]`` must be the same unit (same pair) under two systems.
+    ``a[i]`` and ``b[i]`` must be the same unit (same pair) under two systems;
+    ``clusters`` as in :func:`bootstrap_ci`.
     """
     va = _as_vector(a, "paired_bootstrap_ci(a)")
     vb = _as_vector(b, "paired_bootstrap_ci(b)")
     if va.shape != vb.shape:
         raise ValueError(f"paired_bootstrap_ci: {va.size} values in a but {vb.size} in b")
-    return bootstrap_ci(vb - va, resamples=resamples, confidence=confidence, seed=seed)
+    return bootstrap_ci(
+        vb - va, clusters=clusters, resamples=resamples, confidence=confidence, seed=seed
+    )
 
 
 __all__ = [
@@ -156,5 +218,6 @@ __all__ = [
     "auto_digits",
     "bootstrap_ci",
     "bootstrap_means",
+    "cluster_bootstrap_means",
     "paired_bootstrap_ci",
 ]

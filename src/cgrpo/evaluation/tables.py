@@ -1,9 +1,10 @@
 """Aggregate per-pair records into overall, per-prompt-kind and per-subject tables.
 
 The statistical unit is the evaluation pair (``record["key"]``): a pair's score is the mean
-over its seeds, and every mean below is a mean over pairs with a bootstrap interval over
-pairs (:mod:`cgrpo.evaluation.stats`). Resampling pairs rather than images keeps the
-several seeds of one pair, which are not independent, together.
+over its seeds, and every mean below is a mean over pairs. Its bootstrap interval
+(:mod:`cgrpo.evaluation.stats`) resamples the pairs' clusters, ``record["subject"]``
+(DreamBench subjects, toybench identities), then pairs within them: the prompts of one
+subject are not independent, nor are the seeds of one pair.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cgrpo.evaluation.results import metric_names
+from cgrpo.evaluation.scales import metric_label
 from cgrpo.evaluation.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -41,6 +43,11 @@ def unit_scores(records: Iterable[dict[str, Any]], metric: str) -> dict[str, flo
     return {k: float(np.mean(v)) for k, v in sums.items()}
 
 
+def unit_clusters(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """``{pair key: its cluster}``: the record's ``subject``."""
+    return {r["key"]: str(r.get("subject", "")) for r in records}
+
+
 def estimate(
     records: Sequence[dict[str, Any]],
     metric: str,
@@ -49,12 +56,19 @@ def estimate(
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> Estimate:
-    """Mean over pairs of ``metric`` with a bootstrap interval (NaN estimate if no scores)."""
+    """Mean over pairs of ``metric`` with a cluster-bootstrap interval (NaN if no scores)."""
     units = unit_scores(records, metric)
     if not units:
         return NAN_ESTIMATE
-    values = [units[k] for k in sorted(units)]
-    return bootstrap_ci(values, resamples=resamples, confidence=confidence, seed=seed)
+    keys = sorted(units)
+    cluster = unit_clusters(records)
+    return bootstrap_ci(
+        [units[k] for k in keys],
+        clusters=[cluster[k] for k in keys],
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+    )
 
 
 @dataclass
@@ -93,6 +107,7 @@ class Summary:
                 "resamples": self.resamples,
                 "confidence": self.confidence,
                 "unit": "pair (mean over seeds)",
+                "clusters": "subject (resampled, then pairs within each)",
             },
             "overall": {m: e.to_dict() for m, e in self.overall.items()},
             "by_kind": table(self.by_kind),
@@ -155,10 +170,14 @@ def compare_records(
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> list[Delta]:
-    """Paired per-metric deltas (B - A) on shared pairs; metrics default to those both have."""
+    """Paired per-metric deltas (B - A) on shared pairs; metrics default to those both have.
+
+    The interval resamples A's subjects, then pairs within them (module docstring).
+    """
     if metrics is None:
         names_b = set(metric_names(b))
         metrics = [m for m in metric_names(a) if m in names_b]
+    cluster = unit_clusters(a)
     out = []
     for m in metrics:
         ua, ub = unit_scores(a, m), unit_scores(b, m)
@@ -167,28 +186,41 @@ def compare_records(
             raise ValueError(f"metric {m!r}: the two runs share no scored pairs")
         va = np.array([ua[k] for k in shared])
         vb = np.array([ub[k] for k in shared])
-        ci = paired_bootstrap_ci(va, vb, resamples=resamples, confidence=confidence, seed=seed)
+        ci = paired_bootstrap_ci(
+            va,
+            vb,
+            clusters=[cluster[k] for k in shared],
+            resamples=resamples,
+            confidence=confidence,
+            seed=seed,
+        )
         out.append(Delta(m, float(va.mean()), float(vb.mean()), ci))
     return out
 
 
 def deltas_table(deltas: Sequence[Delta], label_a: str, label_b: str) -> str:
     """The ``cgrpo compare`` table (``*``: the interval excludes zero)."""
-    width = max([len(d.metric) for d in deltas] + [6])
+    labels = [metric_label(d.metric) for d in deltas]
+    width = max([len(label) for label in labels] + [6])
     lines = [
         f"A = {label_a}",
         f"B = {label_b}",
         "",
         f"{'metric':<{width}}  {'A':>9}  {'B':>9}  {'B - A':>9}  {'95% CI (paired)':>22}"
-        f"  {'pairs':>5}",
+        f"  {'pairs':>5}  {'subjects':>8}",
     ]
-    for d in deltas:
+    for d, label in zip(deltas, labels):
         ci = f"[{d.delta.low:+.4f}, {d.delta.high:+.4f}]"
         lines.append(
-            f"{d.metric:<{width}}  {d.mean_a:>9.4f}  {d.mean_b:>9.4f}  "
-            f"{d.delta.mean:>+9.4f}  {ci:>22}  {d.delta.n:>5}" + ("  *" if d.significant else "")
+            f"{label:<{width}}  {d.mean_a:>9.4f}  {d.mean_b:>9.4f}  "
+            f"{d.delta.mean:>+9.4f}  {ci:>22}  {d.delta.n:>5}  {d.delta.clusters or 0:>8}"
+            + ("  *" if d.significant else "")
         )
-    lines += ["", "* the interval excludes 0"]
+    lines += [
+        "",
+        "CI: paired bootstrap over subjects, then pairs within them",
+        "* the interval excludes 0",
+    ]
     return "\n".join(lines)
 
 
@@ -233,13 +265,14 @@ def summary_markdown(
         f"{h} {title}",
         "",
         f"{summary.n_records} images, {summary.n_pairs} pairs, seeds {summary.seeds}. "
-        f"Mean over pairs [{pct}% bootstrap CI, {summary.resamples} resamples of pairs].",
+        f"Mean over pairs [{pct}% bootstrap CI, {summary.resamples} resamples of subjects, "
+        "then of pairs within them].",
         "",
         f"{sub} Overall",
         "",
         _md_table(
-            ["metric", f"mean [{pct}% CI]", "pairs"],
-            ([m, e.format(digits), str(e.n)] for m, e in summary.overall.items()),
+            ["metric [scale]", f"mean [{pct}% CI]", "pairs"],
+            ([metric_label(m), e.format(digits), str(e.n)] for m, e in summary.overall.items()),
         ),
     ]
     for title_, rows in (("By prompt kind", summary.by_kind), ("By subject", summary.by_subject)):
@@ -248,7 +281,7 @@ def summary_markdown(
             f"{sub} {title_}",
             "",
             _md_table(
-                ["", *summary.metrics],
+                ["", *map(metric_label, summary.metrics)],
                 ([name, *(rows[name][m].format(digits) for m in summary.metrics)] for name in rows),
             ),
         ]
@@ -313,6 +346,7 @@ __all__ = [
     "estimate",
     "summarize",
     "summary_markdown",
+    "unit_clusters",
     "unit_scores",
     "write_group_csv",
     "write_summary_files",
