@@ -130,3 +130,13 @@ def test_metric_options_template_names_every_protocol_metric():
     options = load_metric_options(REPO / "configs" / "eval" / "paper-metrics.yaml")
     assert set(options) == set(PAPER.metrics)
     assert all(opts.get("path") for opts in options.values())
+
+
+def test_metric_options_errors_name_the_flag(tmp_path):
+    bad = tmp_path / "metrics.yaml"
+    bad.write_text("dino: [1")
+    with pytest.raises(ConfigError, match="--metric-options = .*not valid YAML"):
+        load_metric_options(bad)
+    bad.write_text("dino: 3")
+    with pytest.raises(ConfigError, match="must map metric names to option mappings"):
+        load_metric_options(bad)

@@ -324,18 +324,17 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...
     return parse(Config, data)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
+    """A YAML mapping from ``path``; errors name ``flag`` (the option that gave the file)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("--config", str(path), "file not found")
+        raise ConfigError(flag, str(path), "file not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(
-            "--config", str(path), f"not valid YAML ({e})".replace("\n", " ")
-        ) from None
+        raise ConfigError(flag, str(path), f"not valid YAML ({e})".replace("\n", " ")) from None
     if not isinstance(data, dict):
-        raise ConfigError("--config", str(path), "must be a YAML mapping of sections")
+        raise ConfigError(flag, str(path), "must be a YAML mapping of sections")
     return data
 
 

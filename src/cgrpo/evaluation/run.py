@@ -129,21 +129,12 @@ def load_eval_config(settings: EvalSettings) -> Any:
 
 def load_metric_options(path: Path | None) -> dict[str, dict[str, Any]]:
     """A ``--metric-options`` YAML file: ``{metric: {option: value}}``."""
-    import yaml
+    from cgrpo.config.train import read_yaml
 
     if path is None:
         return {}
-    if not path.is_file():
-        raise ConfigError("--metric-options", str(path), "file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(
-            "--metric-options", str(path), f"not valid YAML ({e})".replace("\n", " ")
-        ) from None
-    if not isinstance(data, dict) or not all(
-        isinstance(v, dict | type(None)) for v in data.values()
-    ):
+    data = read_yaml(path, "--metric-options")
+    if not all(isinstance(v, dict | type(None)) for v in data.values()):
         raise ConfigError(
             "--metric-options",
             str(path),
