@@ -96,3 +96,28 @@ def test_no_records_no_table(tmp_path):
         json.dumps({"key": "a", "seed": 0}) + "\n"
     )
     assert held_out_table(tmp_path) == ""
+
+
+def test_offloaded_rewards_score_on_the_device_and_wait_on_the_cpu(mean_match):
+    reward = mean_match()
+    moves = []
+    reward.to = lambda device: moves.append(str(device)) or reward
+    cfg = load_config(
+        None, ["model.backend=eval-tiny-test", "eval.num_items=5", "eval.num_steps=2"]
+    )
+    cfg.sampling.chunk_size = 2
+    check = HeldOutCheck.from_config(
+        cfg, [reward], torch.Generator().manual_seed(0), offload_to=torch.device("meta")
+    )
+    result = check.run(build_policy_from_config(cfg, "cpu").eval())
+    assert moves == ["meta", "cpu"] * 3  # 5 items in batches of 2: each batch on the device
+    assert [r["scores"]["mean-match"] for r in result.records] == [
+        r["scores"]["mean-match"]
+        for r in evaluate_policy(
+            build_policy_from_config(cfg, "cpu").eval(),
+            check.items,
+            [reward],
+            gen_kwargs=check.gen_kwargs,
+            base_seed=check.base_seed,
+        ).records
+    ]

@@ -76,6 +76,23 @@ def ground_truth_metrics(dataset: Any) -> list[Reward]:
     return [heldout_metric(name, dataset.world) for name in HELDOUT_METRICS]
 
 
+class ScoredOnDevice(Reward):
+    """``reward`` kept off the accelerator between uses: moved to ``device`` for each batch
+    it scores, then offloaded (the trainer's ``train.offload_rewards``)."""
+
+    def __init__(self, reward: Reward, device: torch.device) -> None:
+        super().__init__()
+        self.reward, self.scoring_device = reward, device
+        self.name, self.columns = reward.name, reward.columns
+
+    def _score(self, request: Any) -> dict[str, torch.Tensor]:
+        self.reward.to(self.scoring_device)
+        try:
+            return self.reward.score(request)
+        finally:
+            self.reward.offload()
+
+
 @dataclass
 class HeldOutCheck:
     """The held-out items, the metrics and the sampler settings of a run's before/after check."""
@@ -89,11 +106,16 @@ class HeldOutCheck:
 
     @classmethod
     def from_config(
-        cls, config: Any, rewards: Sequence[Reward], pick: torch.Generator
+        cls,
+        config: Any,
+        rewards: Sequence[Reward],
+        pick: torch.Generator,
+        offload_to: torch.device | None = None,
     ) -> HeldOutCheck:
         """The check of a :class:`~cgrpo.config.train.Config`, scoring with its built ``rewards``.
 
-        ``pick`` seeds the choice of items (the trainer derives it from ``eval.seed``).
+        ``pick`` seeds the choice of items (the trainer derives it from ``eval.seed``);
+        ``offload_to``: the rewards wait on the CPU and score on this device.
         """
         from cgrpo.data.base import build_dataset
 
@@ -101,7 +123,10 @@ class HeldOutCheck:
         dataset = build_dataset(ev.data.name, ev.data.options, "heldout")
         return cls(
             items=held_out_items(dataset, ev.num_items, pick),
-            metrics=[*rewards, *ground_truth_metrics(dataset)],
+            metrics=[
+                *(r if offload_to is None else ScoredOnDevice(r, offload_to) for r in rewards),
+                *ground_truth_metrics(dataset),
+            ],
             gen_kwargs={
                 "num_steps": ev.num_steps,
                 "shift": config.sampling.shift,
@@ -284,6 +309,7 @@ __all__ = [
     "PHASES",
     "HeldOutCheck",
     "HeldOutResults",
+    "ScoredOnDevice",
     "before_after_grid",
     "ground_truth_metrics",
     "held_out_items",

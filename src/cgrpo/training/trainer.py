@@ -769,6 +769,7 @@ class Trainer:
                 self.config,
                 list(self.scorer.rewards.values()),
                 generator_for(self.config.eval.seed, "eval-items"),
+                offload_to=self.scorer.offload_to,
             )
         ctx = nullcontext() if adapter else self.policy.adapter_disabled()
         self.policy.eval()
