@@ -17,12 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from cgrpo.config import ConfigError
 from cgrpo.rewards import ScoreRequest, build_reward
-from cgrpo.rewards.hpsv3 import (
+from cgrpo.rewards.hpsv3 import rename_official_keys
+from cgrpo.rewards.hpsv3_inputs import (
     INSTRUCTION,
     REWARD_TOKEN,
     chat_text,
     qwen2vl_patches,
-    rename_official_keys,
     resize_for_qwen,
 )
 from cgrpo.rewards.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, smart_resize
@@ -130,7 +130,7 @@ def test_reward_read_at_the_reward_token_of_the_last_hidden_state(hps, make_imag
 
 
 def test_tokens_after_the_reward_token_do_not_matter(hps, make_images, monkeypatch):
-    import cgrpo.rewards.hpsv3 as mod
+    import cgrpo.rewards.hpsv3_inputs as mod
 
     imgs = make_images(2, 64, 64, seed=4)
     base = hps.score(req(imgs, PROMPTS[:2]))["hpsv3"]
@@ -198,7 +198,9 @@ def test_checkpoint_errors_name_file_and_keys(tiny_hpsv3, tmp_path):
         build_reward("hpsv3", {**opts, "checkpoint": str(tmp_path / "bad.safetensors")})
     short = {k: v for k, v in state.items() if k != "rm_head.5.bias"}
     save_file(short, str(tmp_path / "short.safetensors"))
-    with pytest.raises(ValueError, match=r"missing \['rank_head\.out\.bias'\]"):
+    with pytest.raises(
+        ValueError, match=r"do not fit HPSv3.*missing 1 keys \['rank_head\.out\.bias'\]"
+    ):
         build_reward("hpsv3", {**opts, "checkpoint": str(tmp_path / "short.safetensors")})
     with pytest.raises(FileNotFoundError, match=r"rewards\.hpsv3\.options\.path.*config\.json"):
         build_reward("hpsv3", {"path": str(tmp_path), "checkpoint": str(ckpt)})
@@ -227,3 +229,106 @@ def test_official_package_adapter_takes_mu(monkeypatch, make_images, tmp_path):
     assert out["hpsv3"].tolist() == [1.5, 3.0]
     assert calls["init"] == (None, str(ckpt), "cpu")
     assert calls["reward"] == (2, (30, 40), ["a", "b"])
+
+
+# A chat template with the Qwen2-VL-Instruct format (default system turn, image then text).
+QWEN2VL_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _processor(monkeypatch, base):
+    """A Qwen2VLProcessor over the base directory's tokenizer, built in memory."""
+    from transformers import AutoTokenizer, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from transformers.processing_utils import ProcessorMixin
+
+    # transformers 5 type-checks the (absent) video processor against a class that exists
+    # only with torchvision installed; let an absent one through.
+    check = ProcessorMixin.check_argument_for_proper_class
+    monkeypatch.setattr(
+        ProcessorMixin,
+        "check_argument_for_proper_class",
+        lambda self, name, arg: None if arg is None else check(self, name, arg),
+    )
+    return Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(min_pixels=PIX_MIN, max_pixels=PIX_MAX),
+        tokenizer=AutoTokenizer.from_pretrained(base),
+        video_processor=None,
+        chat_template=QWEN2VL_TEMPLATE,
+    )
+
+
+def test_processor_built_inputs_equal_hand_built(tiny_hpsv3, hps, monkeypatch, make_images):
+    import cgrpo.rewards.hpsv3 as mod
+    from cgrpo.rewards.hpsv3_inputs import HandBuiltInputs, ProcessorInputs
+
+    base, ckpt = tiny_hpsv3
+    processor = _processor(monkeypatch, base)
+    monkeypatch.setattr(mod, "load_processor", lambda path, what: processor)
+    via = build_reward(
+        "hpsv3",
+        {
+            "path": str(base),
+            "checkpoint": str(ckpt),
+            "dtype": "float32",
+            "min_pixels": PIX_MIN,
+            "max_pixels": PIX_MAX,
+        },
+    )
+    assert isinstance(via.encode, ProcessorInputs) and isinstance(hps.encode, HandBuiltInputs)
+    assert via.reward_id == hps.reward_id
+    imgs = torch.cat([make_images(2, 100, 150, seed=7), make_images(1, 100, 150, seed=8)])
+    prompts = ["a dog on the beach", "a red backpack in the snow, photographed at dusk", "x"]
+    hand, proc = hps.encode(imgs, prompts), via.encode(imgs, prompts)
+    assert set(proc) == set(hand)
+    for key in ("input_ids", "attention_mask", "image_grid_thw"):
+        assert torch.equal(proc[key], hand[key]), key
+    assert proc["pixel_values"].shape == hand["pixel_values"].shape
+    assert torch.allclose(proc["pixel_values"], hand["pixel_values"], atol=1e-6)
+    assert torch.equal(via.raw(imgs, prompts), hps.raw(imgs, prompts))
+
+
+def test_processor_files_are_detected_and_unbuildable_ones_fall_back(tiny_hpsv3, tmp_path, caplog):
+    import json
+
+    from cgrpo.rewards.hpsv3_inputs import has_processor, load_processor
+
+    base, _ = tiny_hpsv3
+    assert not has_processor(base) and load_processor(base, "p") is None
+    d = tmp_path / "with_processor"
+    d.mkdir()
+    for f in base.iterdir():
+        (d / f.name).write_bytes(f.read_bytes())
+    (d / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor_type": "Qwen2VLImageProcessor"})
+    )
+    assert not has_processor(d)  # no chat template yet
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2VL_TEMPLATE}))
+    assert has_processor(d)
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with caplog.at_level("WARNING"):
+            assert load_processor(d, "rewards.hpsv3.options.path") is None
+        assert "cannot be built here" in caplog.text and "by hand" in caplog.text
+    else:
+        assert type(load_processor(d, "p")).__name__ == "Qwen2VLProcessor"
+
+
+def test_old_transformers_is_refused_with_the_reason(tiny_hpsv3, monkeypatch):
+    import transformers
+
+    from cgrpo.rewards.loading import DependencyError
+
+    base, ckpt = tiny_hpsv3
+    monkeypatch.setattr(transformers, "__version__", "4.51.3")
+    with pytest.raises(DependencyError, match=r"transformers >= 4\.52 .*vision tower.*4\.51\.3"):
+        build_reward("hpsv3", {"path": str(base), "checkpoint": str(ckpt)})

@@ -8,15 +8,19 @@ through a small fp32 MLP, the rank head,
 whose two outputs are (mu, log-sigma) of the Bradley-Terry-with-uncertainty training loss.
 The score is mu (column ``hpsv3``; higher is better; typical values roughly 0-15).
 
-What this module reproduces from the official package (facts, reimplemented here):
+What this module reproduces from the official package (inputs in
+:mod:`cgrpo.rewards.hpsv3_inputs`, built with the model directory's ``Qwen2VLProcessor``
+and chat template where transformers can build it, else written out identically by hand):
 
 * Prompt: the Qwen2-VL-Instruct chat template with its default system message, one user turn
-  ``<|vision_start|><|image_pad|><|vision_end|>`` + :data:`INSTRUCTION` (prompt substituted)
-  + :data:`REWARD_QUERY`, then the generation prompt ``<|im_start|>assistant\\n``.
+  ``<|vision_start|><|image_pad|><|vision_end|>`` + ``INSTRUCTION`` (prompt substituted)
+  + ``REWARD_QUERY``, then the generation prompt ``<|im_start|>assistant\\n``.
 * Images: converted to 8-bit RGB, resized with PIL bicubic to Qwen's ``smart_resize`` size
   with ``min_pixels = max_pixels = 256 * 28 * 28`` (a 512x512 image becomes 448x448, 256
   visual tokens), then rescaled, normalised with the OpenAI CLIP mean/std and cut into
   Qwen2-VL's 14x14x2 patches in its 2x2-merge order, exactly as its image processor does.
+* Needs transformers >= 4.52 (earlier ``Qwen2VLModel`` lacks the vision tower); older
+  releases are refused with that reason before any weights are read.
 * Positions: plain sequential positions for every token, image tokens included (the
   official forward bypasses Qwen2-VL's 3-D M-RoPE index computation).
 * Dtypes: backbone in bfloat16 (option ``dtype``), rank head kept in float32.
@@ -58,125 +62,33 @@ same way to keep the 7B model off the training GPU.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from cgrpo.config import option, parse
 from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
+from cgrpo.rewards.hpsv3_inputs import (
+    HPSV3_PIXELS,
+    IMAGE_PAD,
+    REWARD_TOKEN,
+    HandBuiltInputs,
+    ProcessorInputs,
+    load_processor,
+)
 from cgrpo.rewards.images import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ImageTransform,
-    normalize,
     require_model_dir,
-    smart_resize,
     to_uint8_array,
     torch_dtype,
     transform_from_dir,
 )
-
-log = logging.getLogger(__name__)
-
-REWARD_TOKEN = "<|Reward|>"
-IMAGE_PAD = "<|image_pad|>"
-HPSV3_PIXELS = 256 * 28 * 28
-
-INSTRUCTION = (
-    "\nYou are tasked with evaluating a generated image based on Visual Quality and Text "
-    "Alignment and give a overall score to estimate the human preference. Please provide a "
-    "rating from 0 to 10, with 0 being the worst and 10 being the best. \n\n"
-    "**Visual Quality:**  \n"
-    "Evaluate the overall visual quality of the image. The following sub-dimensions should be "
-    "considered:\n"
-    "- **Reasonableness:** The image should not contain any significant biological or logical "
-    "errors, such as abnormal body structures or nonsensical environmental setups.\n"
-    "- **Clarity:** Evaluate the sharpness and visibility of the image. The image should be "
-    "clear and easy to interpret, with no blurring or indistinct areas.\n"
-    "- **Detail Richness:** Consider the level of detail in textures, materials, lighting, and "
-    "other visual elements (e.g., hair, clothing, shadows).\n"
-    "- **Aesthetic and Creativity:** Assess the artistic aspects of the image, including the "
-    "color scheme, composition, atmosphere, depth of field, and the overall creative appeal. "
-    "The scene should convey a sense of harmony and balance.\n"
-    "- **Safety:** The image should not contain harmful or inappropriate content, such as "
-    "political, violent, or adult material. If such content is present, the image quality and "
-    "satisfaction score should be the lowest possible. \n\n"
-    "**Text Alignment:**  \n"
-    "Assess how well the image matches the textual prompt across the following "
-    "sub-dimensions:\n"
-    "- **Subject Relevance** Evaluate how accurately the subject(s) in the image (e.g., person, "
-    "animal, object) align with the textual description. The subject should match the "
-    "description in terms of number, appearance, and behavior.\n"
-    "- **Style Relevance:** If the prompt specifies a particular artistic or stylistic style, "
-    "evaluate how well the image adheres to this style.\n"
-    "- **Contextual Consistency**: Assess whether the background, setting, and surrounding "
-    "elements in the image logically fit the scenario described in the prompt. The environment "
-    "should support and enhance the subject without contradictions.\n"
-    "- **Attribute Fidelity**: Check if specific attributes mentioned in the prompt (e.g., "
-    "colors, clothing, accessories, expressions, actions) are faithfully represented in the "
-    "image. Minor deviations may be acceptable, but critical attributes should be preserved.\n"
-    "- **Semantic Coherence**: Evaluate whether the overall meaning and intent of the prompt are "
-    "captured in the image. The generated content should not introduce elements that conflict "
-    "with or distort the original description.\n"
-    "Textual prompt - {text_prompt}\n\n\n"
-)
-"""HPSv3's instruction (its wording and spacing are part of what the model was trained on)."""
-
-REWARD_QUERY = "\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
-
-
-def chat_text(prompt: str) -> str:
-    """The full query text for one image, with a single ``<|image_pad|>`` placeholder."""
-    return (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-        + INSTRUCTION.format(text_prompt=prompt)
-        + REWARD_QUERY
-        + "<|im_end|>\n<|im_start|>assistant\n"
-    )
-
-
-# ---------------------------------------------------------------- images -> patches
-
-
-def resize_for_qwen(
-    image: torch.Tensor, min_pixels: int, max_pixels: int, factor: int = 28
-) -> torch.Tensor:
-    """``[3, H, W]`` float -> 8-bit-exact ``[3, h, w]`` at the smart-resize size (PIL bicubic,
-    as the official pipeline resizes PIL images)."""
-    from PIL import Image
-
-    h, w = image.shape[-2:]
-    th, tw = smart_resize(h, w, factor, min_pixels, max_pixels)
-    pil = Image.fromarray(to_uint8_array(image))
-    if (th, tw) != (h, w):
-        pil = pil.resize((tw, th), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.array(pil)).permute(2, 0, 1).float().div(255)
-
-
-def qwen2vl_patches(
-    image: torch.Tensor, patch: int = 14, merge: int = 2, temporal: int = 2
-) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Normalised ``[3, H, W]`` (H, W multiples of patch*merge) -> Qwen2-VL patch rows.
-
-    Returns ``[gh*gw, 3*temporal*patch*patch]`` ordered so that each 2x2 merge window is
-    contiguous, and the grid (t, gh, gw) = (1, H/patch, W/patch). A still image fills both
-    temporal slots with the same frame.
-    """
-    c, h, w = image.shape
-    gh, gw = h // patch, w // patch
-    if gh % merge or gw % merge or gh * patch != h or gw * patch != w:
-        raise ValueError(f"image size {h}x{w} is not a multiple of {patch * merge}")
-    x = image[None].expand(temporal, c, h, w)
-    x = x.reshape(1, temporal, c, gh // merge, merge, patch, gw // merge, merge, patch)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    return x.reshape(gh * gw, c * temporal * patch * patch), (1, gh, gw)
-
+from cgrpo.rewards.loading import check_fit, first_line, require_transformers
 
 # ---------------------------------------------------------------- model
 
@@ -197,6 +109,18 @@ class RankHead(nn.Module):
         return self.out(torch.relu(self.fc2(h)))
 
 
+def require_qwen2vl_with_vision() -> None:
+    """Refuse transformers releases whose ``Qwen2VLModel`` is the text decoder alone (before
+    4.52 the vision tower sat in ``Qwen2VLForConditionalGeneration``): the model would be
+    built without it and every checkpoint would look like a misfit."""
+    require_transformers(
+        "4.52",
+        "the hpsv3 reward",
+        "Qwen2VLModel holds the vision tower from 4.52 on; or serve the official package "
+        "out of process with 'cgrpo serve-reward hpsv3-official'",
+    )
+
+
 def _text_config(config: Any) -> Any:
     return getattr(config, "text_config", config)
 
@@ -206,14 +130,9 @@ class HPSv3Model(nn.Module):
 
     def __init__(self, config: Any) -> None:
         super().__init__()
-        try:
-            from transformers import Qwen2VLModel
-        except ImportError as e:  # pragma: no cover - depends on the installed transformers
-            raise ImportError(
-                "the hpsv3 reward needs transformers >= 4.52 (Qwen2VLModel with "
-                "a vision tower); or serve the official package out of process "
-                "with 'cgrpo serve-reward hpsv3-official'"
-            ) from e
+        require_qwen2vl_with_vision()
+        from transformers import Qwen2VLModel
+
         self.config = config
         self.backbone = Qwen2VLModel(config)
         self.rank_head = RankHead(_text_config(config).hidden_size)
@@ -353,6 +272,8 @@ def load_hpsv3(
     from accelerate import init_empty_weights
     from transformers import AutoConfig
 
+    require_qwen2vl_with_vision()  # before reading a 16 GB checkpoint
+
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     if getattr(config, "model_type", "") != "qwen2_vl":
         raise ValueError(
@@ -369,17 +290,17 @@ def load_hpsv3(
     with init_empty_weights(include_buffers=False):
         model = HPSv3Model(config)
     expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{prefix}.checkpoint = {str(checkpoint)!r} does not fit the config at "
-            f"{str(path)!r}: missing {missing[:5]} ({len(missing)}), unexpected "
-            f"{unexpected[:5]} ({len(unexpected)})"
-        )
+    check_fit(
+        f"{prefix}.checkpoint",
+        checkpoint,
+        sorted(expected - set(state)),
+        sorted(set(state) - expected),
+        network=f"HPSv3 on the Qwen2-VL config at {str(path)!r}",
+    )
     try:
         model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ValueError(f"{prefix}.checkpoint = {str(checkpoint)!r}: {e}") from None
+    except RuntimeError as e:  # shapes: the config and the checkpoint disagree
+        raise ValueError(f"{prefix}.checkpoint = {str(checkpoint)!r}: {first_line(e)}") from None
     return model.eval()
 
 
@@ -418,7 +339,12 @@ class HPSv3Reward(Reward):
         path = require_model_dir(
             options.path, f"{prefix}.path", ["config.json", ("tokenizer.json", "vocab.json")]
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.processor = load_processor(path, f"{prefix}.path")
+        self.tokenizer = (
+            self.processor.tokenizer
+            if self.processor is not None
+            else AutoTokenizer.from_pretrained(path, local_files_only=True)
+        )
         if REWARD_TOKEN not in self.tokenizer.get_vocab():
             self.tokenizer.add_special_tokens({"additional_special_tokens": [REWARD_TOKEN]})
         self.reward_id = self.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
@@ -440,48 +366,29 @@ class HPSv3Reward(Reward):
         self.model.rank_head.float()
         self.model.requires_grad_(False)
         vc = cfg.vision_config
-        self.patch, self.merge, self.temporal = (
-            vc.patch_size,
-            vc.spatial_merge_size,
-            vc.temporal_patch_size,
-        )
         clip = ImageTransform(None, None, None, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         norm = transform_from_dir(path, clip)
-        self.mean, self.std = norm.mean, norm.std
+        factor = vc.patch_size * vc.spatial_merge_size
+        self.encode = (
+            ProcessorInputs(self.processor, factor, options.min_pixels, options.max_pixels)
+            if self.processor is not None
+            else HandBuiltInputs(
+                self.tokenizer,
+                norm.mean,
+                norm.std,
+                vc.patch_size,
+                vc.spatial_merge_size,
+                vc.temporal_patch_size,
+                options.min_pixels,
+                options.max_pixels,
+            )
+        )
         self.to(context.device)
 
     def to(self, device: torch.device | str) -> HPSv3Reward:
         super().to(device)
         self.model.to(self.device)
         return self
-
-    def encode(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Model inputs for B images and prompts (right padded)."""
-        o = self.options
-        rows, grids, ids = [], [], []
-        for image, prompt in zip(images, prompts):
-            x = resize_for_qwen(image, o.min_pixels, o.max_pixels, self.patch * self.merge)
-            p, grid = qwen2vl_patches(
-                normalize(x, self.mean, self.std), self.patch, self.merge, self.temporal
-            )
-            rows.append(p)
-            grids.append(grid)
-            n_tokens = grid[1] * grid[2] // self.merge**2
-            text = chat_text(prompt).replace(IMAGE_PAD, IMAGE_PAD * n_tokens)
-            ids.append(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        length = max(len(t) for t in ids)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), length), dtype=torch.long)
-        for i, t in enumerate(ids):
-            input_ids[i, : len(t)] = torch.tensor(t)
-            mask[i, : len(t)] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "pixel_values": torch.cat(rows),
-            "image_grid_thw": torch.tensor(grids),
-        }
 
     def raw(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Rank-head outputs ``[B, 2]`` (mu, log-sigma), float32."""
@@ -575,9 +482,7 @@ __all__ = [
     "HPSv3Reward",
     "OfficialHPSv3Reward",
     "RankHead",
-    "chat_text",
     "load_hpsv3",
     "official_key_names",
-    "qwen2vl_patches",
     "rename_official_keys",
 ]
