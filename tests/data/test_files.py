@@ -38,7 +38,7 @@ def _syncd(tmp_path: Path, entries: list, **options):
     return build_dataset("syncd", {"path": str(file), **options}, "train")
 
 
-def test_syncd_entries_become_examples_with_derived_masks(tmp_path):
+def test_syncd_entries_become_examples_and_seg_files_are_not_masks(tmp_path):
     _png(tmp_path / "imgs" / "a.jpg", 255)
     _mask(tmp_path / "imgs" / "a_seg.png")
     _png(tmp_path / "imgs" / "b.png", 0, size=(8, 8))
@@ -67,11 +67,9 @@ def test_syncd_entries_become_examples_with_derived_masks(tmp_path):
     assert isinstance(first, Example)
     assert first.prompt == "a dog on grass" and first.key == "pair-0"
     assert first.references.shape == (1, 3, 10, 12) and torch.all(first.references == 1.0)
-    assert first.reference_masks.shape == (1, 1, 10, 12)
-    assert (
-        first.reference_masks[0, 0, :, :6].min() == 1
-        and first.reference_masks[0, 0, :, 6:].max() == 0
-    )
+    # a_seg.png is the subject's cut-out (dino-seg reads it), never a mask
+    assert first.reference_masks is None
+    assert first.metadata["reference_paths"] == [str(tmp_path / "imgs" / "a.jpg")]
     assert first.metadata["category"] == "dog"
     assert first.metadata["target_image"] == str(tmp_path / "imgs" / "target.jpg")
     assert first.metadata["dino"] == str(tmp_path / "emb" / "0.safetensors")
@@ -168,9 +166,10 @@ def test_required_masks_and_mask_count_mismatch(tmp_path):
     _png(tmp_path / "a.png", 1)
     file = tmp_path / "d.jsonl"
     file.write_text(json.dumps({"prompt": "p", "references": ["a.png"]}) + "\n")
-    with pytest.raises(ValueError, match=r"line 1: mask not found: .*a_seg\.png"):
+    _mask(tmp_path / "a_seg.png", size=(6, 5))  # a cut-out by convention: not a mask
+    with pytest.raises(ValueError, match=r"line 1: the entry names no masks \(masks: required\)"):
         build_dataset("jsonl", {"path": str(file), "masks": "required"}, "train")
-    _mask(tmp_path / "a_seg.png", size=(6, 5))
+    file.write_text(json.dumps({"prompt": "p", "references": ["a.png"], "masks": "a_seg.png"}))
     ex = build_dataset("jsonl", {"path": str(file), "masks": "required"}, "train")[0]
     assert ex.reference_masks.shape == (1, 1, 10, 12)  # resized to the reference
     file.write_text(

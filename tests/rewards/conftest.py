@@ -204,3 +204,197 @@ def tiny_hpsv3(tmp_path_factory) -> tuple[Path, Path]:
     ckpt = d / "HPSv3.safetensors"
     save_file(state, str(ckpt))
     return d, ckpt
+
+
+@pytest.fixture(scope="session")
+def tiny_dino_v1_dir(tmp_path_factory) -> Path:
+    """A tiny random DINO v1 (transformers ViTModel, pooler included as on the hub)."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(1)
+    d = tmp_path_factory.mktemp("dino_v1")
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=224,
+        patch_size=16,
+    )
+    ViTModel(cfg, add_pooling_layer=True).save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def copy_model_dir():
+    """``copy(src, dst)``: a writable copy of a saved model directory (to corrupt in a test)."""
+
+    def copy(src: Path, dst: Path) -> Path:
+        dst.mkdir(parents=True)
+        for f in src.iterdir():
+            (dst / f.name).write_bytes(f.read_bytes())
+        return dst
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_grounded_sam(tmp_path_factory) -> tuple[Path, Path]:
+    """(Grounding DINO dir, SAM dir): tiny random models with their processors, offline."""
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SamConfig,
+        SamModel,
+        SamProcessor,
+    )
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
+    from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
+
+    torch.manual_seed(2)
+    det = tmp_path_factory.mktemp("grounding_dino")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "dog", "cat", "backpack", "toy"]
+    (det / "vocab.txt").write_text("\n".join(words) + "\n")
+    cfg = GroundingDinoConfig(
+        backbone_config=dict(
+            model_type="swin",
+            embed_dim=8,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=7,
+            image_size=64,
+            out_indices=[2, 3, 4],
+        ),
+        text_config=dict(
+            model_type="bert",
+            vocab_size=len(words),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            max_position_embeddings=64,
+        ),
+        d_model=32,  # GroupNorm(32, d_model) in the input projections
+        encoder_layers=1,
+        decoder_layers=2,  # the box heads of layers 1.. are tied to layer 0's
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=10,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        max_text_len=32,
+    )
+    GroundingDinoForObjectDetection(cfg).save_pretrained(det)
+    GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(
+            size={"shortest_edge": 64, "longest_edge": 96}
+        ),
+        tokenizer=BertTokenizer(str(det / "vocab.txt")),
+    ).save_pretrained(det)
+    sam = tmp_path_factory.mktemp("sam")
+    cfg = SamConfig(
+        vision_config=dict(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+            image_size=64,
+            patch_size=16,
+            output_channels=8,
+            global_attn_indexes=[0],
+            window_size=4,
+            mlp_dim=16,
+            num_pos_feats=4,  # 2 x num_pos_feats = the prompt encoder's width
+        ),
+        prompt_encoder_config=dict(
+            hidden_size=8, image_size=64, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=dict(
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            mlp_dim=16,
+            iou_head_hidden_dim=8,
+        ),
+    )
+    SamModel(cfg).save_pretrained(sam)
+    SamProcessor(
+        image_processor=SamImageProcessorPil(
+            size={"longest_edge": 64},
+            pad_size={"height": 64, "width": 64},
+            mask_size={"longest_edge": 16},
+            mask_pad_size={"height": 16, "width": 16},
+        )
+    ).save_pretrained(sam)
+    return det, sam
+
+
+TINY_MATTE_CODE = '''
+"""A BiRefNet-shaped toy: a 1x1 conv whose logits come last in a list of side outputs."""
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+class TinyMatteConfig(PretrainedConfig):
+    model_type = "tiny-matte"
+
+
+class TinyMatte(PreTrainedModel):
+    config_class = TinyMatteConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.head = torch.nn.Conv2d(3, 1, 1)
+        self.post_init()
+
+    def forward(self, x):
+        logits = self.head(x)
+        return [logits.sigmoid(), logits]
+'''
+
+
+@pytest.fixture(scope="session")
+def tiny_foreground_dir(tmp_path_factory) -> Path:
+    """A model directory with its own code, as BiRefNet / RMBG ship: foreground = red pixels
+    (logit 10 (R - G) - 2), inputs 64x64 in [0, 1]."""
+    import importlib.util
+    import sys
+
+    d = tmp_path_factory.mktemp("tiny_matte")
+    code = tmp_path_factory.mktemp("tiny_matte_src") / "modeling_tiny_matte.py"
+    code.write_text(TINY_MATTE_CODE)
+    spec = importlib.util.spec_from_file_location("modeling_tiny_matte", code)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # save_pretrained copies the class's source file
+    spec.loader.exec_module(module)
+    module.TinyMatteConfig.register_for_auto_class()
+    module.TinyMatte.register_for_auto_class("AutoModelForImageSegmentation")
+    model = module.TinyMatte(module.TinyMatteConfig())
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([10.0, -10.0, 0.0]).view(1, 3, 1, 1))
+        model.head.bias.fill_(-2.0)
+    model.save_pretrained(d)
+    (d / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "size": {"height": 64, "width": 64},
+                "image_mean": [0.0, 0.0, 0.0],
+                "image_std": [1.0, 1.0, 1.0],
+            }
+        )
+    )
+    return d
+
+
+@pytest.fixture
+def hf_modules_in_tmp(tmp_path, monkeypatch):
+    """Remote model code is copied under a temporary folder, not ~/.cache."""
+    import transformers.dynamic_module_utils as dmu
+
+    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))

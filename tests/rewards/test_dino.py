@@ -1,8 +1,6 @@
-"""dino / dino-seg on a tiny random DINOv2; preprocessing parity; segmenters."""
+"""dino / dino-seg on tiny random DINO v1 (ViT) and DINOv2 models; preprocessing parity."""
 
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from cgrpo.rewards.images import (
     to_uint8_array,
     transform_from_dir,
 )
-from cgrpo.rewards.segment import BackgroundDifference, build_segmenter
 
 
 def request_for(images, refs, masks=None, prompts=None):
@@ -72,8 +69,8 @@ def test_dino_scores_shape_determinism_and_identity(dino, make_images):
         list(out) == ["dino"] and out["dino"].shape == (3,) and out["dino"].dtype == torch.float32
     )
     assert torch.equal(out["dino"], dino.score(req)["dino"])
-    assert out["dino"][1].item() == pytest.approx(100.0, abs=1e-3)  # identical pair
-    assert out["dino"][0] < 99.9 and out["dino"][2] < 99.9
+    assert out["dino"][1].item() == pytest.approx(1.0, abs=1e-5)  # identical pair: raw cosine
+    assert out["dino"][0] < 0.999 and out["dino"][2] < 0.999
 
 
 def test_dino_multiple_references_is_mean_over_references(dino, make_images):
@@ -99,9 +96,9 @@ def test_dino_real_dreambench_images_any_size(dino, dreambench):
     if a is None or b is None:
         pytest.skip("DreamBench data not present")
     s = dino.score(request_for(a[None], [torch.stack([a])]))["dino"]
-    assert s.item() == pytest.approx(100.0, abs=1e-3)
+    assert s.item() == pytest.approx(1.0, abs=1e-5)
     s2 = dino.score(request_for(b[None], [a[None]]))["dino"]
-    assert -100.0 <= s2.item() < 99.99
+    assert -1.0 <= s2.item() < 0.9999
 
 
 def test_dino_seg_uses_reference_masks(tiny_dino_dir, make_images):
@@ -118,9 +115,9 @@ def test_dino_seg_uses_reference_masks(tiny_dino_dir, make_images):
     noisy[0, :, 32:64, 32:64] = subject  # same subject, busy background, masked out
     out = reward.score(request_for(gen, [noisy], masks=[mask]))
     assert list(out) == ["dino-seg"]
-    assert out["dino-seg"].item() == pytest.approx(100.0, abs=1e-3)
+    assert out["dino-seg"].item() == pytest.approx(1.0, abs=1e-5)
     plain_dino = build_reward("dino", {"path": str(tiny_dino_dir)})
-    assert plain_dino.score(request_for(gen, [noisy]))["dino"].item() < 99.9
+    assert plain_dino.score(request_for(gen, [noisy]))["dino"].item() < 0.999
 
 
 def test_dino_seg_identical_and_batch_invariant(tiny_dino_dir, make_images):
@@ -132,72 +129,7 @@ def test_dino_seg_identical_and_batch_invariant(tiny_dino_dir, make_images):
         [reward.score(request_for(imgs[i : i + 1], [ref]))["dino-seg"] for i in range(8)]
     )
     assert torch.allclose(full, singles, atol=1e-4)
-    assert full[0].item() == pytest.approx(100.0, abs=1e-3)
-
-
-def test_background_difference_recovers_subject_on_plain_backdrop():
-    img = torch.full((1, 3, 80, 100), 0.92)
-    img += 0.01 * torch.randn(img.shape, generator=torch.Generator().manual_seed(0))
-    img[0, :, 20:60, 30:70] = torch.tensor([0.8, 0.2, 0.1]).view(3, 1, 1)
-    mask = BackgroundDifference()(img.clamp(0, 1))
-    truth = torch.zeros(1, 1, 80, 100)
-    truth[..., 20:60, 30:70] = 1
-    iou = (mask * truth).sum() / ((mask + truth) > 0).sum()
-    assert mask.shape == (1, 1, 80, 100) and set(mask.unique().tolist()) <= {0.0, 1.0}
-    assert iou > 0.95
-
-
-def test_background_difference_handles_a_two_colour_scene():
-    g = torch.Generator().manual_seed(1)
-    img = torch.empty(1, 3, 120, 160)
-    img[0, :, :60] = torch.tensor([0.55, 0.75, 0.95]).view(3, 1, 1)  # sky
-    img[0, :, 60:] = torch.tensor([0.45, 0.3, 0.15]).view(3, 1, 1)  # floor
-    img += 0.03 * torch.randn(img.shape, generator=g)
-    img[0, :, 40:90, 60:110] = torch.tensor([0.9, 0.1, 0.5]).view(3, 1, 1)  # subject
-    mask = BackgroundDifference()(img.clamp(0, 1))
-    truth = torch.zeros(1, 1, 120, 160)
-    truth[..., 40:90, 60:110] = 1
-    assert (mask * truth).sum() / ((mask + truth) > 0).sum() > 0.9
-
-
-def test_background_difference_keeps_everything_when_it_cannot_split():
-    flat = torch.full((1, 3, 40, 40), 0.5)
-    assert BackgroundDifference()(flat).min() == 1.0
-
-
-def test_segmenter_none_warns_once_and_keeps_all(caplog):
-    with caplog.at_level(logging.WARNING):
-        seg = build_segmenter("none", who="dino-seg")
-    assert "not removed" in caplog.text
-    assert seg(torch.rand(2, 3, 8, 8)).min() == 1.0
-
-
-def test_model_segmenter_contract(tmp_path, make_images):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
-
-    torch.manual_seed(0)
-    for labels in (3, 1):
-        d = tmp_path / f"seg{labels}"
-        cfg = SegformerConfig(
-            num_channels=3,
-            num_encoder_blocks=1,
-            depths=[1],
-            sr_ratios=[1],
-            hidden_sizes=[8],
-            patch_sizes=[7],
-            strides=[4],
-            num_attention_heads=[1],
-            mlp_ratios=[2],
-            decoder_hidden_size=8,
-            num_labels=labels,
-        )
-        SegformerForSemanticSegmentation(cfg).save_pretrained(d)
-        seg = build_segmenter("model", str(d), [0])
-        masks = seg(make_images(2, 50, 70, seed=11))
-        assert masks.shape == (2, 1, 50, 70)
-        assert set(masks.unique().tolist()) <= {0.0, 1.0}
-    with pytest.raises(ValueError, match="segmenter_path is required"):
-        build_segmenter("model", None)
+    assert full[0].item() == pytest.approx(1.0, abs=1e-5)
 
 
 def test_bad_paths_and_options_name_the_culprit(tmp_path):
@@ -236,3 +168,61 @@ def test_to_and_offload_move_the_model(dino, make_images):
     dino.offload()
     assert moved == ["cpu"] and dino.device.type == "cpu"
     assert {p.device.type for p in dino.model.parameters()} == {"cpu"}
+
+
+def test_dino_v1_is_a_vit_read_at_the_cls_token(tiny_dino_v1_dir, make_images):
+    from transformers import ViTModel
+
+    reward = build_reward("dino", {"path": str(tiny_dino_v1_dir)})
+    assert type(reward.model) is ViTModel and reward.model.pooler is None
+    imgs = make_images(2, 80, 96, seed=12)
+    ref = make_images(1, 70, 70, seed=13)
+    got = reward.score(request_for(imgs, [ref, imgs[1:2].clone()]))["dino"]
+    full = ViTModel.from_pretrained(tiny_dino_v1_dir).eval()  # with its trained pooler
+    x = reward.transform.batch([imgs[0], ref[0]])
+    with torch.no_grad():
+        cls = full(pixel_values=x).last_hidden_state[:, 0]
+    want = torch.nn.functional.cosine_similarity(cls[:1], cls[1:]).item()
+    assert got[0].item() == pytest.approx(want, abs=1e-5)
+    assert got[1].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_dinov2_cls_is_its_pooler_output(dino, tiny_dino_dir, make_images):
+    from transformers import Dinov2Model
+
+    assert type(dino.model) is Dinov2Model
+    x = dino.transform.batch(list(make_images(2, 64, 64, seed=14)))
+    with torch.no_grad():
+        out = dino.model(pixel_values=x)
+    assert torch.equal(out.last_hidden_state[:, 0], out.pooler_output)
+
+
+def test_dino_refuses_checkpoints_that_do_not_fit(
+    tiny_dino_dir, tiny_dino_v1_dir, tiny_clip_dir, tmp_path, copy_model_dir
+):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    with pytest.raises(ValueError, match=r"config\.json is model_type 'clip'; expected 'vit'"):
+        build_reward("dino", {"path": str(tiny_clip_dir)})
+    short = copy_model_dir(tiny_dino_dir, tmp_path / "short")
+    state = load_file(str(short / "model.safetensors"))
+    state.pop("layernorm.weight")
+    save_file(state, str(short / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(
+        ValueError, match=r"path = .*short.*do not fit Dinov2Model: missing 1 keys \['layernorm"
+    ):
+        build_reward("dino", {"path": str(short)})
+    extra = copy_model_dir(tiny_dino_dir, tmp_path / "extra")
+    state = load_file(str(extra / "model.safetensors"))
+    state["head.weight"] = torch.zeros(2, 2)
+    save_file(state, str(extra / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected 1 keys \['head\.weight'\]"):
+        build_reward("dino-seg", {"path": str(extra)})
+    # A DINO v1 checkpoint whose config claims DINOv2: nothing fits.
+    lying = copy_model_dir(tiny_dino_v1_dir, tmp_path / "lying")
+    cfg = json.loads((tiny_dino_dir / "config.json").read_text())
+    (lying / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"do not fit Dinov2Model: missing \d+ keys"):
+        build_reward("dino", {"path": str(lying)})

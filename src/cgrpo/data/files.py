@@ -1,8 +1,10 @@
 """Datasets read from files: SynCD-style JSON lists ("syncd") and JSON Lines ("jsonl").
 
 Both yield :class:`cgrpo.data.base.Example`. Relative paths resolve against ``root``
-(default: the data file's directory). Reference masks follow the paper's convention when
-not given explicitly: ``<reference stem>_seg.png`` beside the reference image.
+(default: the data file's directory). Reference masks are only those an entry names (jsonl
+``masks``). A ``<reference stem>_seg.png`` beside a reference is, by the paper's convention,
+an RGB cut-out of the subject, not a mask: it is not read here; ``dino-seg`` finds it from
+``metadata["reference_paths"]`` (see :mod:`cgrpo.rewards.segment`).
 
 Bad entries (missing file, empty prompt, malformed record, unreadable image) are reported
 with the entry's position and the offending path. ``on_error: stop`` raises at the first
@@ -50,8 +52,8 @@ class _CommonOptions:
     )
     masks: str = option(
         "auto",
-        "reference masks: auto (given, else <ref>_seg.png when every "
-        "reference has one), none, or required",
+        "reference masks (jsonl 'masks'; <ref>_seg.png is a cut-out, not a mask): auto "
+        "(those an entry names), none (ignore them), or required (every entry names them)",
         choices=MASK_MODES,
     )
     heldout_count: int = option(
@@ -113,11 +115,6 @@ def _prompt(value: Any, what: str) -> str:
     return value.strip()
 
 
-def seg_mask_path(reference: Path) -> Path:
-    """The paper's mask convention: ``dir/ref.jpg`` -> ``dir/ref_seg.png``."""
-    return reference.with_name(f"{reference.stem}_seg.png")
-
-
 def _finish(entry: _Entry, mode: str) -> _Entry:
     """Check that every named file exists and settle the masks according to ``mode``."""
     for i, ref in enumerate(entry.references):
@@ -125,14 +122,8 @@ def _finish(entry: _Entry, mode: str) -> _Entry:
             raise BadEntry(f"reference {i} not found: {ref}")
     if mode == "none":
         entry.masks = None
-    elif entry.masks is None:
-        derived = [seg_mask_path(r) for r in entry.references]
-        present = [m.is_file() for m in derived]
-        if all(present):
-            entry.masks = derived
-        elif mode == "required":
-            missing = derived[present.index(False)]
-            raise BadEntry(f"mask not found: {missing} (masks: required)")
+    elif entry.masks is None and mode == "required":
+        raise BadEntry("the entry names no masks (masks: required)")
     if entry.masks is not None:
         if len(entry.masks) != len(entry.references):
             raise BadEntry(f"{len(entry.masks)} masks for {len(entry.references)} references")
@@ -376,5 +367,4 @@ __all__ = [
     "SyncdOptions",
     "build_jsonl",
     "build_syncd",
-    "seg_mask_path",
 ]

@@ -1,19 +1,22 @@
 """CLIP rewards: ``clip-i`` (image-image) and ``clip-t`` (image-text).
 
-Score = ``scale`` x cosine similarity of CLIP's projected embeddings (default scale 100,
-the convention of DreamBench papers: CLIP-I of an identical pair is 100, typical CLIP-T
-values are 25-35). ``clip-i`` averages over a sample's references. Prompts longer than the
-text encoder's context (77 tokens for OpenAI CLIP) are truncated.
+Score = raw cosine similarity of CLIP's projected embeddings, the 0-1 scale DreamBench
+papers print (CLIP-I of an identical pair is 1; typical CLIP-T values are 0.25-0.35).
+``clip-i`` averages over a sample's references. ``clip-t`` is clipped at 0, as the official
+DreamBench evaluation does; the full prompt is encoded, truncated to the text encoder's
+context (77 tokens for OpenAI CLIP).
 
 Weights and tokenizer load from one local transformers ``CLIPModel`` directory (``path``),
-e.g. a download of openai/clip-vit-large-patch14. Images are preprocessed with torch ops
-following its ``preprocessor_config.json`` (default: short side 224, bicubic, centre crop
-224, OpenAI CLIP mean/std).
+e.g. openai/clip-vit-base-patch32 (the DreamBench metric); weights that do not fit, or a
+directory of another model type, are refused (:mod:`cgrpo.rewards.loading`). Images are
+preprocessed with torch ops following its ``preprocessor_config.json`` (default: short side
+224, bicubic, centre crop 224, OpenAI CLIP mean/std).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,10 +28,10 @@ from cgrpo.rewards.images import (
     OPENAI_CLIP_STD,
     WEIGHT_FILES,
     ImageTransform,
-    require_model_dir,
     torch_dtype,
     transform_from_dir,
 )
+from cgrpo.rewards.loading import first_line, load_pretrained
 
 CLIP_TRANSFORM = ImageTransform(
     shortest_edge=224, crop=(224, 224), mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
@@ -44,7 +47,6 @@ class ClipOptions:
     )
     batch_size: int = option(32, "images per forward pass", min=1)
     dtype: str = option("float32", "model dtype", choices=("float32", "bfloat16", "float16"))
-    scale: float = option(100.0, "multiplier of the cosine similarity", min=0.0, min_exclusive=True)
 
 
 def _features(out: object) -> torch.Tensor:
@@ -61,19 +63,17 @@ class _ClipReward(Reward):
 
         self.name, self.columns, self.options = name, (name,), options
         where = f"rewards.{name}.options.path"
+        path = Path(options.path).expanduser() if options.path else options.path
         needs = ["config.json", WEIGHT_FILES] + ([TOKENIZER_FILES] if self.needs_tokenizer else [])
-        path = require_model_dir(options.path, where, needs)
-        try:
-            model = CLIPModel.from_pretrained(path, local_files_only=True)
-            self.tokenizer = (
-                AutoTokenizer.from_pretrained(path, local_files_only=True)
-                if self.needs_tokenizer
-                else None
-            )
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"{where} = {options.path!r}: not loadable as CLIPModel: {e}"
-            ) from None
+        model = load_pretrained(CLIPModel, options.path, where, model_types=("clip",), needs=needs)
+        self.tokenizer = None
+        if self.needs_tokenizer:
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            except (OSError, ValueError) as e:
+                raise ValueError(
+                    f"{where} = {options.path!r}: tokenizer not loadable: {first_line(e)}"
+                ) from None
         self.model = model.to(torch_dtype(options.dtype)).eval().requires_grad_(False)
         self.transform = transform_from_dir(path, CLIP_TRANSFORM)
         self.max_length = int(model.config.text_config.max_position_embeddings)
@@ -114,7 +114,7 @@ class _ClipReward(Reward):
 
 
 class ClipImageReward(_ClipReward):
-    """``clip-i``: CLIP image-embedding cosine to the references x ``scale``."""
+    """``clip-i``: CLIP image-embedding cosine to the references."""
 
     def __init__(self, options: ClipOptions, context: RewardContext, name: str = "clip-i") -> None:
         super().__init__(options, context, name)
@@ -129,11 +129,11 @@ class ClipImageReward(_ClipReward):
         feats = self.embed_images(list(request.images) + flat)
         b = len(request)
         refs = [feats[b + start[id(r)] : b + start[id(r)] + r.shape[0]] for r in request.references]
-        return {self.name: cosine_to_references(feats[:b], refs) * self.options.scale}
+        return {self.name: cosine_to_references(feats[:b], refs)}
 
 
 class ClipTextReward(_ClipReward):
-    """``clip-t``: cosine between CLIP image and prompt embeddings x ``scale``."""
+    """``clip-t``: cosine between CLIP image and prompt embeddings, clipped at 0."""
 
     needs_tokenizer = True
 
@@ -143,7 +143,7 @@ class ClipTextReward(_ClipReward):
     def _score(self, request: ScoreRequest) -> dict[str, torch.Tensor]:
         img = torch.nn.functional.normalize(self.embed_images(list(request.images)), dim=-1)
         txt = torch.nn.functional.normalize(self.embed_texts(list(request.prompts)), dim=-1)
-        return {self.name: (img * txt).sum(-1) * self.options.scale}
+        return {self.name: (img * txt).sum(-1).clamp(min=0.0)}
 
 
 @REWARDS.register("clip-i")

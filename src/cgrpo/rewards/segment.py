@@ -1,56 +1,154 @@
-"""Subject segmenters for background removal (used by ``dino-seg``).
+"""Subject segmentation for ``dino-seg``: which pixels of an image are the subject.
 
-A segmenter maps images ``[N, 3, H, W]`` float in [0, 1] to masks ``[N, 1, H, W]`` float in
-{0, 1}, 1 = subject. Three are built in, chosen with ``segmenter`` in the reward's options:
+A segmenter maps images ``[N, 3, H, W]`` float in [0, 1] (and, for text-prompted ones, the
+subject's class noun per image) to masks ``[N, 1, H, W]`` float in {0, 1}, 1 = subject.
+``segmenter`` in the reward's options chooses one:
 
-``background-difference`` (offline, no weights)
-    Models the background by the colours seen along the image border and keeps pixels unlike
-    all of them. Steps, per image, at a working size of at most 128 px: (1) take a border
-    band ``border`` wide (fraction of the short side); (2) cluster its colours with k-means
-    (``clusters`` centres, deterministic start), so a border holding sky and floor, or a
-    textured backdrop, gives several background colours; (3) each pixel's distance to the
-    nearest centre (Euclidean RGB, in [0, sqrt(3)]); (4) threshold = max(``min_threshold``,
-    ``spread`` x the ``quantile`` of the band's own distances), so a busy border raises the
-    bar; (5) a 5x5 closing then a 3x3 opening (max-pool based) fill pinholes and drop
-    speckles; (6) the mask is resized (nearest) to the image. If under ``min_area`` of the
-    image survives, the split failed (a subject coloured like its surroundings) and the
-    whole image is kept rather than scoring an empty picture. It isolates subjects that
-    differ in colour from their surroundings (product shots, toys on plain or textured
-    floors); subjects coloured like the scene (a tabby cat on a brown sofa) are not found.
-    A fallback, not a replacement for a learned segmenter.
-
-``model`` (a user-supplied transformers segmentation model, loaded from a local path)
-    Contract: ``segmenter_path`` is a directory that ``AutoModelForSemanticSegmentation`` loads
-    with ``local_files_only`` (config.json + weights; a ``preprocessor_config.json`` gives the
-    input size/mean/std, default 512x512 ImageNet). Its output ``logits`` are
-    ``[N, K, h, w]``: with K = 1 a pixel is subject where sigmoid(logit) > 0.5 (binary
-    matting/salient-object models); with K > 1 it is subject where the arg-max class is not in
-    ``background_labels`` (default [0], the usual "background" class). Masks are resized to
-    the input with nearest-neighbour.
-
+``precomputed`` (default; the official Customized-GRPO semantics)
+    Nothing is segmented at run time. The generated image is compared whole. Each reference
+    is replaced by its pre-made cut-out ``<ref>_seg.png`` (an RGB image of the subject,
+    found beside the reference file named in ``metadata["reference_paths"]``, which the file
+    datasets set); a mask that came with the data (jsonl ``masks``, the toy world) is
+    applied instead where no cut-out exists; otherwise the raw reference is used.
+``grounded-sam``
+    Text-prompted detection then segmentation, both through transformers: Grounding DINO
+    (``detector_path``) finds the highest-scoring box for the subject's class noun
+    (``metadata["class_noun"]`` as DreamBench items carry it, else ``metadata["category"]``
+    as SynCD entries do, else the ``noun`` option) and SAM (``sam_path``) turns that box
+    into a mask (of its three proposals, the one with the best predicted IoU).
+``foreground``
+    A matting / salient-object model that ``AutoModelForImageSegmentation`` loads
+    (``segmenter_path``; BiRefNet, RMBG-2.0 and RMBG-1.4 ship their own code and need
+    ``trust_remote_code: true``). Its foreground map sits at ``foreground_output`` in the
+    model's output (an index path into nested lists: ``[-1]`` for BiRefNet/RMBG-2.0,
+    ``[0, 0]`` for RMBG-1.4) and is a logit (``foreground_activation: sigmoid``) or already
+    a probability (``none``); a pixel is subject above 0.5.
+``semantic``
+    A semantic-segmentation model that ``AutoModelForSemanticSegmentation`` loads
+    (``segmenter_path``): with one output channel a pixel is subject where sigmoid(logit) >
+    0.5; with several it is subject where the arg-max class is not in ``background_labels``.
+``background-difference`` (offline fallback, no weights)
+    Border-colour background subtraction (:class:`BackgroundDifference`); fails on subjects
+    coloured like their surroundings. Never the DreamBench default.
 ``none``
-    No segmentation: every pixel is subject (logged once with ``logging.warning``).
+    Every pixel is subject (logged once).
+
+With the model-based and heuristic segmenters, references without a mask from the data go
+through the same segmenter as the generated images; pixels outside a mask are filled with
+``background_fill``. Where a segmenter finds nothing (no box above the thresholds, an empty
+mask) the whole image is kept rather than scoring an empty picture.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cgrpo.rewards.images import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, require_model_dir
+from cgrpo.config import ConfigError, option
+from cgrpo.rewards.images import FILL_VALUES
 
 log = logging.getLogger(__name__)
 
-SEGMENTERS = ("background-difference", "model", "none")
+SEGMENTERS = (
+    "precomputed",
+    "grounded-sam",
+    "foreground",
+    "semantic",
+    "background-difference",
+    "none",
+)
+NOUN_KEYS = ("class_noun", "category")
+"""Metadata keys holding the subject's class noun, in order of preference."""
+
+
+def cutout_path(reference: str | Path) -> Path:
+    """The paper's cut-out convention: ``dir/ref.jpg`` -> ``dir/ref_seg.png``."""
+    reference = Path(reference)
+    return reference.with_name(f"{reference.stem}_seg.png")
+
+
+def subject_noun(metadata: dict[str, Any], fallback: str | None = None) -> str | None:
+    """The subject's class noun from a sample's metadata (see :data:`NOUN_KEYS`)."""
+    for key in NOUN_KEYS:
+        value = metadata.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return fallback
+
+
+@dataclass
+class SegmenterOptions:
+    """The segmentation options of ``dino-seg`` (shared with ``cgrpo segments``)."""
+
+    segmenter: str = option(
+        "precomputed",
+        "how subjects are isolated: precomputed (reference cut-outs <ref>_seg.png, "
+        "generated images whole), grounded-sam, foreground, semantic, "
+        "background-difference (offline fallback) or none",
+        choices=SEGMENTERS,
+    )
+    detector_path: str | None = option(
+        None, "local Grounding DINO directory, model + processor (segmenter: grounded-sam)"
+    )
+    sam_path: str | None = option(
+        None, "local SAM directory, model + processor (segmenter: grounded-sam)"
+    )
+    noun: str | None = option(
+        None, "class noun for grounded-sam where metadata has no class_noun / category"
+    )
+    box_threshold: float = option(0.3, "grounded-sam: minimum box score", min=0.0, max=1.0)
+    text_threshold: float = option(0.25, "grounded-sam: minimum text score", min=0.0, max=1.0)
+    segmenter_path: str | None = option(
+        None, "local model directory (segmenter: foreground or semantic)"
+    )
+    trust_remote_code: bool = option(
+        False, "foreground: run the model directory's own code (BiRefNet, RMBG need it)"
+    )
+    foreground_output: list[int] = option(
+        help="foreground: index path of the map in the model output ([-1] BiRefNet, [0, 0] "
+        "RMBG-1.4)",
+        default_factory=lambda: [-1],
+    )
+    foreground_activation: str = option(
+        "sigmoid",
+        "foreground: sigmoid (the map holds logits) or none (probabilities)",
+        choices=("sigmoid", "none"),
+    )
+    background_labels: list[int] = option(
+        help="semantic: class ids counted as background", default_factory=lambda: [0]
+    )
+    background_fill: str = option(
+        "white", "colour written over the background", choices=tuple(FILL_VALUES)
+    )
+
+    def validate(self, prefix: str) -> None:
+        needed = {
+            "grounded-sam": ("detector_path", "sam_path"),
+            "foreground": ("segmenter_path",),
+            "semantic": ("segmenter_path",),
+        }.get(self.segmenter, ())
+        for name in needed:
+            if not getattr(self, name):
+                raise ConfigError(
+                    f"{prefix}.{name}", None, f"required when segmenter is {self.segmenter!r}"
+                )
 
 
 class Segmenter:
     """Images ``[N, 3, H, W]`` in [0, 1] -> masks ``[N, 1, H, W]`` in {0, 1} (1 = subject)."""
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    needs_noun = False
+    """True when the segmenter is prompted with the subject's class noun."""
+
+    def __call__(
+        self, images: torch.Tensor, nouns: Sequence[str | None] | None = None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def to(self, device: torch.device | str) -> Segmenter:
@@ -63,7 +161,7 @@ class NoSegmenter(Segmenter):
     def __init__(self, who: str = "dino-seg") -> None:
         log.warning("%s: segmenter 'none': backgrounds of generated images are not removed", who)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images, nouns=None):
         return torch.ones_like(images[:, :1])
 
 
@@ -83,7 +181,16 @@ def _kmeans(points: torch.Tensor, k: int, iters: int = 10) -> torch.Tensor:
 
 @dataclass
 class BackgroundDifference(Segmenter):
-    """Border-colour background subtraction (see the module docstring for the algorithm)."""
+    """Models the background by the colours seen along the image border.
+
+    Per image, at a working size of at most ``work_size`` px: (1) take a border band
+    ``border`` wide (fraction of the short side); (2) cluster its colours with k-means
+    (``clusters`` centres), so a border holding sky and floor gives several background
+    colours; (3) each pixel's distance to the nearest centre (Euclidean RGB); (4) threshold
+    = max(``min_threshold``, ``spread`` x the ``quantile`` of the band's own distances);
+    (5) a 5x5 closing then a 3x3 opening; (6) resize (nearest) to the image. Under
+    ``min_area`` of the image left: the whole image is kept.
+    """
 
     border: float = 0.04
     clusters: int = 6
@@ -93,7 +200,7 @@ class BackgroundDifference(Segmenter):
     min_area: float = 0.01
     work_size: int = 128
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images, nouns=None):
         return torch.stack([self._one(im) for im in images.float()])
 
     def _one(self, image: torch.Tensor) -> torch.Tensor:
@@ -120,66 +227,50 @@ class BackgroundDifference(Segmenter):
         return F.interpolate(fg, size=(h, w), mode="nearest")[0]
 
 
-@dataclass
-class ModelSegmenter(Segmenter):
-    """A local transformers semantic-segmentation model (contract in the module docstring)."""
-
-    path: str
-    background_labels: list[int] = field(default_factory=lambda: [0])
-    what: str = "segmenter_path"
-
-    def __post_init__(self) -> None:
-        from transformers import AutoModelForSemanticSegmentation
-
-        from cgrpo.rewards.images import transform_from_dir
-
-        p = require_model_dir(self.path, self.what)
-        self.model = AutoModelForSemanticSegmentation.from_pretrained(
-            p, local_files_only=True
-        ).eval()
-        default = ImageTransform(
-            shortest_edge=None, size=(512, 512), crop=None, mean=IMAGENET_MEAN, std=IMAGENET_STD
-        )
-        self.transform = transform_from_dir(p, default)
-        if self.transform.crop is None and self.transform.size is None:
-            # Keep arbitrary inputs batchable: a shortest-edge-only config still needs one size.
-            s = self.transform.shortest_edge or 512
-            self.transform = ImageTransform(
-                None, (s, s), None, self.transform.mean, self.transform.std, self.transform.resample
-            )
-
-    def to(self, device: torch.device | str) -> ModelSegmenter:
-        self.model.to(device)
-        return self
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        device = next(self.model.parameters()).device
-        x = self.transform.batch(list(images.float())).to(device)
-        logits = self.model(pixel_values=x).logits.float()
-        if logits.shape[1] == 1:
-            fg = (logits.sigmoid() > 0.5).float()
-        else:
-            cls = logits.argmax(dim=1, keepdim=True)
-            bg = torch.tensor(self.background_labels, device=cls.device)
-            fg = (~torch.isin(cls, bg)).float()
-        return F.interpolate(fg, size=tuple(images.shape[-2:]), mode="nearest").to(images.device)
-
-
 def build_segmenter(
-    kind: str,
-    path: str | None = None,
-    background_labels: list[int] | None = None,
-    who: str = "dino-seg",
-    what: str = "segmenter_path",
-) -> Segmenter:
-    """The segmenter named ``kind`` (one of :data:`SEGMENTERS`)."""
+    options: SegmenterOptions, who: str = "dino-seg", prefix: str = "rewards.dino-seg.options"
+) -> Segmenter | None:
+    """The segmenter ``options.segmenter`` names; None for ``precomputed`` (nothing runs)."""
+    from cgrpo.rewards import segment_models as models
+
+    kind = options.segmenter
+    if kind == "precomputed":
+        return None
+    if kind == "grounded-sam":
+        return models.GroundedSam(
+            options.detector_path,
+            options.sam_path,
+            options.box_threshold,
+            options.text_threshold,
+            prefix,
+        )
+    if kind == "foreground":
+        return models.ForegroundSegmenter(
+            options.segmenter_path,
+            list(options.foreground_output),
+            options.foreground_activation,
+            options.trust_remote_code,
+            f"{prefix}.segmenter_path",
+        )
+    if kind == "semantic":
+        return models.SemanticSegmenter(
+            options.segmenter_path, list(options.background_labels), f"{prefix}.segmenter_path"
+        )
     if kind == "background-difference":
         return BackgroundDifference()
-    if kind == "model":
-        if not path:
-            raise ValueError(f"{what} is required when segmenter is 'model'")
-        return ModelSegmenter(path, list(background_labels or [0]), what)
     if kind == "none":
         return NoSegmenter(who)
     raise ValueError(f"unknown segmenter {kind!r}; choose one of: {', '.join(SEGMENTERS)}")
+
+
+__all__ = [
+    "NOUN_KEYS",
+    "SEGMENTERS",
+    "BackgroundDifference",
+    "NoSegmenter",
+    "Segmenter",
+    "SegmenterOptions",
+    "build_segmenter",
+    "cutout_path",
+    "subject_noun",
+]

@@ -38,6 +38,7 @@ from torch import nn
 
 from cgrpo.config import option, parse
 from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
+from cgrpo.rewards.loading import check_fit
 from cgrpo.world.core import parse_prompt
 from cgrpo.world.vocab import ATTRIBUTE_VALUES, NOUN_SHAPES
 
@@ -215,12 +216,17 @@ def load_weights(module: nn.Module, path: str | Path, fmt: str) -> nn.Module:
         found = (f.metadata() or {}).get("format")
     if found != fmt:
         raise ValueError(f"{path} holds {found!r} weights, expected {fmt!r}")
-    missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not match the {fmt} network: missing {missing[:4]}, "
-            f"unexpected {unexpected[:4]}"
-        )
+    state = load_file(str(path))
+    expected = module.state_dict()
+    check_fit(
+        "toy reward weights",
+        path,
+        sorted(set(expected) - set(state)),
+        sorted(set(state) - set(expected)),
+        [k for k in state if k in expected and state[k].shape != expected[k].shape],
+        f"the {fmt} network",
+    )
+    module.load_state_dict(state, strict=True)
     return module.eval().requires_grad_(False)
 
 
