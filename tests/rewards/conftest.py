@@ -227,12 +227,19 @@ def tiny_dino_v1_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def copy_model_dir():
-    """``copy(src, dst)``: a writable copy of a saved model directory (to corrupt in a test)."""
+    """``copy(src, dst, drop=(), add=None)``: a copy of a saved model directory whose
+    model.safetensors lacks the keys ``drop`` and holds the extra tensors ``add``."""
+    from safetensors.torch import load_file, save_file
 
-    def copy(src: Path, dst: Path) -> Path:
+    def copy(src: Path, dst: Path, drop=(), add=None) -> Path:
         dst.mkdir(parents=True)
         for f in src.iterdir():
             (dst / f.name).write_bytes(f.read_bytes())
+        state = load_file(str(dst / "model.safetensors"))
+        for key in drop:
+            state.pop(key)
+        state.update(add or {})
+        save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
         return dst
 
     return copy
