@@ -266,6 +266,21 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=ev.run_compare)
 
 
+def _add_segments(sub: argparse._SubParsersAction) -> None:
+    from cgrpo.rewards import segment_report
+
+    p = sub.add_parser(
+        "segments",
+        help="write the masks and cut-outs dino-seg compared, with an overlay grid",
+        description="Segment the items of an evaluation folder (generated images and "
+        "references) or of a config's dataset (references) exactly as the dino-seg reward "
+        "does, and write what it compares, the masks, segments.jsonl (sources, mask areas) "
+        "and overlay.png to check by eye.",
+    )
+    segment_report.add_arguments(p)
+    p.set_defaults(func=segment_report.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgrpo",
@@ -280,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     _add_evaluation(sub)
     _add_serve_reward(sub)
+    _add_segments(sub)
     return parser
 
 

@@ -71,6 +71,10 @@ class SubjectIsolation:
             self.segmenter.to(self.device)
         return self
 
+    def noun(self, metadata: dict[str, Any]) -> str | None:
+        """The class noun of a sample (its metadata, else the ``noun`` option)."""
+        return subject_noun(metadata, self.options.noun)
+
     def _segment(self, images: torch.Tensor, nouns: list[str | None]) -> torch.Tensor:
         assert self.segmenter is not None
         if self.segmenter.needs_noun and None in nouns:
@@ -101,9 +105,23 @@ class SubjectIsolation:
         found = [cutout_path(p) for p in paths]
         return [c if c.is_file() else None for c in found]
 
-    def _references(
+    def images_as_compared(
+        self, images: torch.Tensor, nouns: list[str | None]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Generated images ``[B, 3, H, W]`` -> (each as compared, its mask or None)."""
+        images = images.to(self.device).float()
+        if self.segmenter is None:
+            return list(images), [None] * len(images)
+        masks = self._segment(images, nouns)
+        fill = self.options.background_fill
+        return [fill_background(im, m, fill) for im, m in zip(images, masks)], list(masks)
+
+    def references_as_compared(
         self, refs: torch.Tensor, mask: torch.Tensor | None, meta: dict[str, Any], noun: str | None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[str]]:
+        """One sample's references ``[R, 3, h, w]`` (with the data's masks, its metadata and
+        class noun) -> (each as compared, its mask or None, its source; see
+        :class:`SubjectView`)."""
         from cgrpo.data.base import load_image
 
         fill = self.options.background_fill
@@ -135,17 +153,8 @@ class SubjectIsolation:
     def views(self, request: ScoreRequest) -> list[SubjectView]:
         """One :class:`SubjectView` per sample; samples sharing a reference tensor (a group)
         share one computation of it."""
-        fallback = self.options.noun
-        nouns = [subject_noun(m, fallback) for m in request.metadata]
-        images = request.images.to(self.device).float()
-        if self.segmenter is None:
-            masks: list[torch.Tensor | None] = [None] * len(images)
-            shown = list(images)
-        else:
-            computed = self._segment(images, nouns)
-            masks = list(computed)
-            fill = self.options.background_fill
-            shown = [fill_background(im, m, fill) for im, m in zip(images, computed)]
+        nouns = [self.noun(m) for m in request.metadata]
+        shown, masks = self.images_as_compared(request.images, nouns)
         done: dict[tuple, tuple] = {}
         views = []
         for i, (ref, mask, meta) in enumerate(
@@ -153,7 +162,7 @@ class SubjectIsolation:
         ):
             key = (id(ref), id(mask), tuple(meta.get("reference_paths") or ()), nouns[i])
             if key not in done:
-                done[key] = self._references(ref, mask, meta, nouns[i])
+                done[key] = self.references_as_compared(ref, mask, meta, nouns[i])
             views.append(SubjectView(shown[i], masks[i], *done[key], nouns[i]))
         return views
 
