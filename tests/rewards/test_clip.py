@@ -131,3 +131,10 @@ def test_clip_refuses_other_model_types_and_misfit_weights(
         ValueError, match=r"do not fit CLIPModel: missing 1 keys \['visual_projection"
     ):
         build_reward("clip-i", {"path": str(d)})
+    # Buffers older checkpoints saved (position ids) are not weights: they still load.
+    old = copy_model_dir(
+        tiny_clip_dir,
+        tmp_path / "clip_old",
+        add={"text_model.embeddings.position_ids": torch.arange(77)[None]},
+    )
+    assert build_reward("clip-i", {"path": str(old)}).name == "clip-i"

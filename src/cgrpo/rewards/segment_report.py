@@ -245,7 +245,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--config", type=Path, help="a training config or a run's config.yaml (its data)"
     )
-    p.add_argument("--out", type=Path, required=True, help="where to write (see module doc)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder: items/, segments.jsonl, overlay.png"
+    )
     p.add_argument(
         "--options",
         type=Path,
