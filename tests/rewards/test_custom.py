@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cgrpo.config import ConfigError
-from cgrpo.rewards import ScoreRequest, build_reward
+from cgrpo.rewards import RewardFailure, ScoreRequest, build_reward
 from cgrpo.rewards.custom import resolve_custom
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_reward.py"
@@ -49,7 +49,7 @@ def test_dict_output_needs_declared_columns():
     out = good.score(req(torch.rand(3, 3, 8, 8)))
     assert list(out) == ["brightness", "colorfulness"] and out["brightness"].shape == (3,)
     bad = build_reward("custom", {"target": f"{EXAMPLE}:image_stats"})
-    with pytest.raises(TypeError, match="declare them with the columns option"):
+    with pytest.raises(RewardFailure, match="declare them with the columns option"):
         bad.score(req(torch.rand(2, 3, 8, 8)))
 
 
@@ -59,6 +59,8 @@ def test_module_target_and_clear_errors(tmp_path, monkeypatch):
         "def ones(images, prompts, references):\n    return torch.ones(images.shape[0])\n"
         "def short(images, prompts, references):\n    return [1.0]\n"
         "def words(images, prompts, references):\n    return ['high'] * len(prompts)\n"
+        "def nothing(images, prompts, references):\n    return None\n"
+        "def boom(images, prompts, references):\n    raise ValueError('no score\\nfor this')\n"
         "def nan(images, prompts, references):\n    return torch.full((len(prompts),), float('nan'))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -66,19 +68,40 @@ def test_module_target_and_clear_errors(tmp_path, monkeypatch):
     assert build_reward("custom", {"target": "my_rewards:ones"}).score(req(imgs))[
         "ones"
     ].tolist() == [1, 1]
-    with pytest.raises(ValueError, match="returned 1 scores for 2 images"):
-        build_reward("custom", {"target": "my_rewards:short"}).score(req(imgs))
-    with pytest.raises(TypeError, match="not numbers"):
-        build_reward("custom", {"target": "my_rewards:words"}).score(req(imgs))
+    for fn, cause in [
+        ("short", "my_rewards:short returned 1 scores for 2 images"),
+        ("words", "my_rewards:words returned list, not numbers: "),
+        ("nothing", "my_rewards:nothing returned NoneType, not numbers: "),
+        ("boom", "my_rewards:boom raised ValueError: no score / for this"),
+    ]:
+        reward = resolve_custom(f"python:my_rewards:{fn}")
+        with pytest.raises(RewardFailure) as e:
+            reward.score(req(imgs))
+        assert str(e.value).startswith(f"reward 'python:my_rewards:{fn}': {cause}"), str(e.value)
+        assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"reward 'python:my_rewards:nan' gave a non-finite score"):
         resolve_custom("python:my_rewards:nan").score(req(imgs))
-    with pytest.raises(ValueError, match=r"rewards\.custom\.options\.target = 'my_rewards:absent'"):
-        build_reward("custom", {"target": "my_rewards:absent"})
-    with pytest.raises(ValueError, match="cannot import 'no_such_module_xyz'"):
-        build_reward("custom", {"target": "no_such_module_xyz:f"})
-    with pytest.raises(FileNotFoundError, match="missing.py"):
-        build_reward("custom", {"target": str(tmp_path / "missing.py") + ":f"})
-    with pytest.raises(ValueError, match="expected 'package.module:function'"):
-        build_reward("custom", {"target": "just_a_name"})
+
+
+def test_targets_that_cannot_be_imported_are_config_errors(tmp_path, monkeypatch):
+    (tmp_path / "broken_syntax.py").write_text("def f(images, prompts, references)\n    return 1\n")
+    (tmp_path / "raises_on_import.py").write_text("raise RuntimeError('needs a GPU')\n")
+    (tmp_path / "my_rewards2.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cases = [
+        ("broken_syntax:f", r"cannot import 'broken_syntax' for 'f': SyntaxError: "),
+        (f"{tmp_path}/broken_syntax.py:f", r"for 'f': SyntaxError: .*broken_syntax\.py, line 1"),
+        ("raises_on_import:g", r"for 'g': RuntimeError: needs a GPU"),
+        ("no_such_module_xyz:f", r"cannot import 'no_such_module_xyz' for 'f': ModuleNotFound"),
+        ("my_rewards2:absent", r"my_rewards2 has no callable 'absent'"),
+        ("my_rewards2:x", r"my_rewards2 has no callable 'x'"),
+        (f"{tmp_path}/missing.py:f", r"file .*missing\.py not found"),
+        ("just_a_name", r"expected 'package\.module:function'"),
+    ]
+    for target, message in cases:
+        with pytest.raises(ConfigError, match=r"rewards\.custom\.options\.target = .*" + message):
+            build_reward("custom", {"target": target})
+    with pytest.raises(ConfigError, match=r"rewards\.python:broken_syntax:f\.options\.target"):
+        resolve_custom("python:broken_syntax:f")
     with pytest.raises(ConfigError, match=r"rewards\.custom\.options\.target"):
         build_reward("custom", {})

@@ -30,10 +30,12 @@ class RewardFailure(RuntimeError):
 
     Attributes:
         reward: the reward's configured name (``"remote"``, ``"python:mod:fn"``, ...).
-        cause: what went wrong, one line, naming the URL, module or function at fault.
+        cause: what went wrong, naming the URL, module or function at fault (line breaks
+            in it, from a user's exception say, are joined into one line).
     """
 
     def __init__(self, reward: str, cause: str) -> None:
+        cause = " / ".join(line.strip() for line in cause.splitlines() if line.strip())
         super().__init__(f"reward {reward!r}: {cause}")
         self.reward = reward
         self.cause = cause

@@ -19,6 +19,11 @@ Two ways to name it in a config: the registered reward ``custom`` with
 Columns: one column named ``column`` (default: the function's name); a function returning a
 dict declares its keys in ``columns`` (they must be known before the first call, so the
 trainer can lay out its logs).
+
+Failures: a target that cannot be imported (missing file or module, a syntax error, an
+exception at import, no such function) is a :class:`~cgrpo.config.schema.ConfigError` when
+the reward is built. A function that raises, or returns something other than the scores
+declared, raises :class:`~cgrpo.rewards.base.RewardFailure` naming the function.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from typing import Any
 import torch
 
 from cgrpo.config import option, parse
-from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
+from cgrpo.config.schema import ConfigError
+from cgrpo.rewards.base import REWARDS, Reward, RewardContext, RewardFailure, ScoreRequest
 
 PREFIX = "python:"
 
@@ -57,48 +63,50 @@ class CustomOptions:
 
 
 def load_callable(target: str, what: str = "target") -> Callable[..., Any]:
-    """Import ``"module:function"`` or ``"file.py:function"``; errors name ``what`` and target."""
+    """Import ``"module:function"`` or ``"file.py:function"``.
+
+    Raises ConfigError naming ``what``, the target and why it cannot be used.
+    """
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
-        raise ValueError(
-            f"{what} = {target!r}: expected 'package.module:function' or 'path/to/file.py:function'"
+        raise ConfigError(
+            what, target, "expected 'package.module:function' or 'path/to/file.py:function'"
         )
-    if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
-        path = Path(module_part).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"{what} = {target!r}: file {path} not found")
-        name = f"cgrpo_custom_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
-        module = sys.modules.get(name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module  # dataclasses and pickling look modules up by name
-            try:
-                spec.loader.exec_module(module)
-            except Exception:
-                del sys.modules[name]
-                raise
-    else:
-        try:
-            module = importlib.import_module(module_part)
-        except ImportError as e:
-            raise ValueError(f"{what} = {target!r}: cannot import {module_part!r}: {e}") from None
+    try:
+        module = _import(module_part)
+    except FileNotFoundError:
+        raise ConfigError(
+            what, target, f"file {Path(module_part).expanduser().resolve()} not found"
+        ) from None
+    except Exception as e:  # the user's module: a syntax error or anything it raised
+        raise ConfigError(
+            what, target, f"cannot import {module_part!r} for {attr!r}: {type(e).__name__}: {e}"
+        ) from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
-        raise ValueError(f"{what} = {target!r}: {module_part} has no callable {attr!r}")
+        raise ConfigError(what, target, f"{module_part} has no callable {attr!r}")
     return fn
 
 
-def _as_scores(value: Any, n: int, where: str) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(
-            value if not isinstance(value, torch.Tensor) else value.detach(), dtype=torch.float32
-        )
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise TypeError(f"{where} returned {type(value).__name__}, not numbers: {e}") from None
-    if t.numel() != n:
-        raise ValueError(f"{where} returned {t.numel()} scores for {n} images")
-    return t.reshape(n)
+def _import(module_part: str) -> Any:
+    """A module by dotted name, or from a ``.py`` file (cached under a name of its path)."""
+    if not (module_part.endswith(".py") or "/" in module_part or "\\" in module_part):
+        return importlib.import_module(module_part)
+    path = Path(module_part).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    name = f"cgrpo_custom_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look modules up by name
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return module
 
 
 class CustomReward(Reward):
@@ -122,30 +130,51 @@ class CustomReward(Reward):
         self.to(context.device)
 
     def _score(self, request: ScoreRequest) -> dict[str, torch.Tensor]:
-        where = f"reward {self.name!r} ({self.options.target})"
-        out = self.fn(
-            request.images.to(self.device),
-            list(request.prompts),
-            [r.to(self.device) for r in request.references],
-            **self.options.kwargs,
-        )
+        target = self.options.target
+        try:
+            out = self.fn(
+                request.images.to(self.device),
+                list(request.prompts),
+                [r.to(self.device) for r in request.references],
+                **self.options.kwargs,
+            )
+        except Exception as e:
+            raise RewardFailure(self.name, f"{target} raised {type(e).__name__}: {e}") from e
         n = len(request)
         if isinstance(out, dict):
             if not self.options.columns:
-                raise TypeError(
-                    f"{where} returned a dict with keys {sorted(out)}; declare them "
-                    f"with the columns option"
+                raise RewardFailure(
+                    self.name,
+                    f"{target} returned a dict with keys {sorted(map(str, out))}; "
+                    f"declare them with the columns option",
                 )
             missing = [c for c in self.columns if c not in out]
             if missing:
-                raise KeyError(f"{where} returned keys {sorted(out)}, missing {missing}")
-            return {c: _as_scores(out[c], n, f"{where}[{c!r}]") for c in self.columns}
+                raise RewardFailure(
+                    self.name, f"{target} returned keys {sorted(map(str, out))}, missing {missing}"
+                )
+            return {c: self._as_scores(out[c], n, f"{target}[{c!r}]") for c in self.columns}
         if self.options.columns:
-            raise TypeError(
-                f"{where} returned {type(out).__name__}, but columns "
-                f"{list(self.columns)} were declared (expected a dict)"
+            raise RewardFailure(
+                self.name,
+                f"{target} returned {type(out).__name__}, but columns "
+                f"{list(self.columns)} were declared (expected a dict)",
             )
-        return {self.columns[0]: _as_scores(out, n, where)}
+        return {self.columns[0]: self._as_scores(out, n, target)}
+
+    def _as_scores(self, value: Any, n: int, where: str) -> torch.Tensor:
+        """``value`` as ``n`` float scores; a RewardFailure naming ``where`` otherwise."""
+        try:
+            t = torch.as_tensor(
+                value.detach() if isinstance(value, torch.Tensor) else value, dtype=torch.float32
+            )
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise RewardFailure(
+                self.name, f"{where} returned {type(value).__name__}, not numbers: {e}"
+            ) from None
+        if t.numel() != n:
+            raise RewardFailure(self.name, f"{where} returned {t.numel()} scores for {n} images")
+        return t.reshape(n)
 
 
 def resolve_custom(
@@ -160,7 +189,9 @@ def resolve_custom(
         raise ValueError(f"custom reward spec {spec!r} must start with {PREFIX!r}")
     opts = dict(options or {})
     if "target" in opts:
-        raise ValueError(f"rewards.{spec}.options.target: the target is already in the name")
+        raise ConfigError(
+            f"rewards.{spec}.options.target", opts["target"], "the target is already in the name"
+        )
     opts["target"] = spec[len(PREFIX) :]
     prefix = f"rewards.{spec}.options"
     return CustomReward(
