@@ -1,7 +1,10 @@
-"""Reward server (a real process) + remote client; the JSON/PNG wire format."""
+"""Reward server (a real process) + remote client; the JSON/PNG wire format; the client's
+retries, deadline, Retry-After and one-line failures."""
 
 from __future__ import annotations
 
+import email.utils
+import http.server
 import io
 import json
 import queue
@@ -17,11 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgrpo.rewards import ScoreRequest, build_reward
+from cgrpo.rewards import RewardFailure, ScoreRequest, build_reward
+from cgrpo.rewards import remote as remote_module
 from cgrpo.rewards.custom import resolve_custom
 from cgrpo.rewards.images import decode_png, encode_png, quantize
-from cgrpo.rewards.remote import RemoteError, decode_request, encode_request
+from cgrpo.rewards.remote import retry_after_seconds
 from cgrpo.rewards.server import RewardServer, load_options
+from cgrpo.rewards.wire import decode_request, encode_request
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "custom_reward.py"
@@ -72,9 +77,8 @@ def server():
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     line = _first_line(proc, 120)
-    assert line.startswith(
-        "serving custom (columns: brightness, colorfulness) on http://127.0.0.1:"
-    ), line
+    assert line.startswith("serving custom (columns: brightness, colorfulness; batch window 10 ms")
+    assert " on http://127.0.0.1:" in line, line
     url = line.split(" on ")[-1].strip()
     yield proc, url
     if proc.poll() is None:
@@ -116,6 +120,31 @@ def test_wire_format_round_trip(make_images):
         decode_request({"images": ["%%%"], "prompts": ["a"], "references": [["%%%"]]})
 
 
+def test_references_are_sent_and_decoded_once_per_request(make_images):
+    imgs = quantize(make_images(6, 12, 12, seed=5))
+    shared, other = imgs[:2], imgs[2:3]
+    mask = (torch.rand(2, 1, 12, 12) > 0.5).float()
+    request = ScoreRequest(
+        images=imgs,
+        prompts=["p"] * 6,
+        references=[shared, shared, shared, other, shared.clone(), other],
+        reference_masks=[mask, mask, None, None, mask.clone(), None],
+    )
+    body = encode_request(request)
+    # 2 shared images + 1 other + 2 masks, each once (a clone has the same pixels)
+    assert len(body["pool"]) == 5 and body["references"][0] == body["references"][4]
+    back = decode_request(json.loads(json.dumps(body)))
+    assert back.references[0] is back.references[1] is back.references[4]
+    assert back.references[3] is back.references[5] and torch.equal(back.references[3], other)
+    assert back.reference_masks[0] is back.reference_masks[4]
+    assert torch.equal(back.reference_masks[4], mask)
+    # inline PNGs (no pool) are de-duplicated by the server as well
+    inline = {**body, "references": [[body["pool"][i] for i in g] for g in body["references"]]}
+    del inline["pool"], inline["reference_masks"]
+    back = decode_request(json.loads(json.dumps(inline)))
+    assert back.references[0] is back.references[2] and torch.equal(back.references[0], shared)
+
+
 def test_real_server_process_matches_in_process_scores(server, make_images):
     _, url = server
     local = build_reward("custom", dict(STATS))
@@ -136,8 +165,15 @@ def test_token_is_enforced(server):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(url + "/health", timeout=10)
     assert e.value.code == 401
-    with pytest.raises(RemoteError, match=r"at http://127\.0\.0\.1:\d+/health answered HTTP 401"):
+    with pytest.raises(
+        RewardFailure,
+        match=r"^reward 'remote': reward server at http://127\.0\.0\.1:\d+/health answered "
+        r"HTTP 401: missing or wrong bearer token$",
+    ):
         build_reward("remote", {"url": url, "token": "wrong"})
+    wrong = build_reward("remote", {"url": url, "token": "wrong", "columns": ["brightness"]})
+    with pytest.raises(RewardFailure, match=r"/score answered HTTP 401"):
+        wrong.score(req(torch.rand(1, 3, 8, 8)))
     with pytest.raises(ValueError, match="CGRPO_TEST_UNSET_TOKEN"):
         build_reward("remote", {"url": url, "token_env": "CGRPO_TEST_UNSET_TOKEN"})
 
@@ -148,12 +184,10 @@ def test_errors_travel_back_with_the_reward_name(tmp_path, monkeypatch, make_ima
         "    return torch.full((images.shape[0],), float('nan'))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    srv = RewardServer(("127.0.0.1", 0), resolve_custom("python:nan_reward:nan"))
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    with RewardServer(resolve_custom("python:nan_reward:nan")) as srv:
         remote = build_reward("remote", {"url": srv.url, "retries": 0})
         with pytest.raises(
-            RemoteError,
+            RewardFailure,
             match=r"HTTP 500: ValueError: reward 'python:nan_reward:nan' "
             r"gave a non-finite score",
         ):
@@ -162,9 +196,6 @@ def test_errors_travel_back_with_the_reward_name(tmp_path, monkeypatch, make_ima
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(bad, timeout=10)
         assert e.value.code == 400 and "field 'images' must be a list" in e.value.read().decode()
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_client_fails_clearly_when_the_server_dies(server, make_images):
@@ -176,27 +207,117 @@ def test_client_fails_clearly_when_the_server_dies(server, make_images):
     proc.wait(10)
     start = time.monotonic()
     with pytest.raises(
-        RemoteError, match=rf"reward server at {url}/score failed after 2 attempts: unreachable"
+        RewardFailure,
+        match=rf"^reward 'remote': reward server at {url}/score failed after 2 attempts: "
+        r"unreachable \(.*refused\) \(gave up after [\d.]+ s\)$",
     ):
         remote.score(req(make_images(2, 8, 8)))
     assert time.monotonic() - start < 2 * 5 + 1  # bounded by the timeout, not a hang
 
 
-def test_client_times_out_on_a_silent_server(make_images):
+def test_server_down_at_start_fails_at_build_or_first_score(make_images):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    fast = {"url": url, "retries": 1, "backoff": 0.01}
+    with pytest.raises(RewardFailure, match=rf"^reward 'remote': reward server at {url}/health"):
+        build_reward("remote", fast)
+    remote = build_reward("remote", {**fast, "columns": ["x"]})  # no /health call
+    with pytest.raises(RewardFailure, match=rf"{url}/score failed after 2 attempts"):
+        remote.score(req(make_images(1, 8, 8)))
+
+
+def test_client_times_out_on_a_silent_server_within_its_deadline(make_images):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(4)  # accepts connections at the TCP level but never answers
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         remote = build_reward(
-            "remote", {"url": url, "columns": ["x"], "timeout": 0.5, "retries": 1, "backoff": 0.0}
+            "remote",
+            {"url": url, "columns": ["x"], "timeout": 0.5, "retries": 1, "backoff": 0.0},
         )
         with pytest.raises(
-            RemoteError, match=rf"{url}/score failed after 2 attempts: no answer within 0.5 s"
+            RewardFailure,
+            match=rf"{url}/score failed after 2 attempts: no answer within 0.5 s \(gave up",
         ):
             remote.score(req(make_images(1, 8, 8)))
+        patient = build_reward(
+            "remote",
+            {"url": url, "columns": ["x"], "timeout": 0.4, "retries": 50, "deadline": 1.0},
+        )
+        start = time.monotonic()
+        with pytest.raises(RewardFailure, match=r"the 1 s deadline leaves no time"):
+            patient.score(req(make_images(1, 8, 8)))
+        assert time.monotonic() - start < 5  # the deadline, not 51 tries of 0.4 s
     finally:
         sock.close()
+
+
+class Scripted(http.server.BaseHTTPRequestHandler):
+    """Answers POSTs from a script of (status, headers, body) and records the requests."""
+
+    script: list[tuple[int, dict[str, str], bytes]] = []
+    seen: list[str] = []
+
+    def do_POST(self):  # noqa: N802 - stdlib name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, headers, body = self.script.pop(0)
+        self.seen.append(self.path)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def scripted():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield Scripted, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_client_honours_retry_after_and_rejects_malformed_answers(scripted, monkeypatch):
+    handler, url = scripted
+    waits = []
+    monkeypatch.setattr(remote_module.time, "sleep", waits.append)
+    ok = json.dumps({"columns": {"x": [1.0, 2.0]}}).encode()
+    handler.script[:] = [
+        (503, {"Retry-After": "7"}, b'{"error": "busy"}'),
+        (502, {}, b"bad gateway"),
+        (200, {}, ok),
+    ]
+    remote = build_reward("remote", {"url": url, "columns": ["x"], "backoff": 0.25})
+    assert remote.score(req(torch.rand(2, 3, 8, 8)))["x"].tolist() == [1.0, 2.0]
+    assert waits == [7.0, 0.5]  # Retry-After, then the doubled backoff
+    handler.script[:] = [(503, {"Retry-After": "400"}, b'{"error": "busy"}')]
+    with pytest.raises(RewardFailure, match=r"HTTP 503: busy; the 300 s deadline leaves no"):
+        remote.score(req(torch.rand(2, 3, 8, 8)))
+    for answer, message in [
+        (b"<html>", "answered with non-JSON"),
+        (b'{"scores": []}', "answered without 'columns'"),
+        (b'{"columns": {"y": [1, 2]}}', r"returned columns \['y'\], not 'x'"),
+        (b'{"columns": {"x": [1]}}', r"returned column 'x' as \[1\], not 2 numbers"),
+        (b'{"columns": {"x": ["a", "b"]}}', "not 2 numbers"),
+    ]:
+        handler.script[:] = [(200, {}, answer)]
+        with pytest.raises(RewardFailure, match=rf"^reward 'remote': .*{message}"):
+            remote.score(req(torch.rand(2, 3, 8, 8)))
+
+
+def test_retry_after_header_forms():
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a past date
+    future = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 55 <= retry_after_seconds(future) <= 61
 
 
 def test_options_from_json_yaml_and_inline(tmp_path):

@@ -2,23 +2,22 @@
 
 Use it to run a reward in another process, environment or machine: a reward whose
 dependencies clash with training (the official HPSv3 package pins an older transformers), or
-a large model kept off the training GPU. Protocol (JSON, no pickle), shared with
-:mod:`cgrpo.rewards.server`:
+a large model kept off the training GPU and shared by every training process. The wire
+format (JSON + PNG, no pickle) is in :mod:`cgrpo.rewards.wire`, the server in
+:mod:`cgrpo.rewards.server`. A bearer token is sent when ``token`` or ``token_env`` is set.
 
-``GET /health`` -> ``{"status": "ok", "reward": NAME, "columns": [...]}``
-
-``POST /score`` with ``{"images": [PNG base64], "prompts": [...], "references": [[PNG
-base64, ...], ...], "reference_masks": [[PNG base64 (grey), ...] | null, ...], "metadata":
-[{...}, ...]}`` -> ``{"columns": {NAME: [float, ...]}}``; errors -> ``{"error": message}``
-with status 400 (bad request), 401 (token), 500 (the reward failed).
-
-Images travel as 8-bit PNG, so they are quantised to 1/255 steps in transit (lossless for
-images that already are 8-bit); masks travel as 8-bit grey PNG (subject where >= 0.5).
-A bearer token is sent when ``token`` or ``token_env`` is set.
+Defaults are sized for a training step: one answer may take up to ``timeout`` = 120 s (a
+shared server scores other processes' requests first); connection errors, timeouts and busy
+answers (429/502/503/504) are retried up to ``retries`` = 4 times, after ``Retry-After``
+when the server sends it, else after ``backoff`` = 1 s doubling (at most 30 s); and a
+request gives up ``deadline`` = 300 s after it started, whatever is left. Giving up, or any
+other failure, raises :class:`~cgrpo.rewards.base.RewardFailure` naming the URL and the
+cause; the trainer then checkpoints and stops with one line.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import socket
@@ -31,15 +30,30 @@ from typing import Any
 import torch
 
 from cgrpo.config import option, parse
-from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
-from cgrpo.rewards.images import b64decode_image, b64encode_image
+from cgrpo.rewards.base import REWARDS, Reward, RewardContext, RewardFailure, ScoreRequest
+from cgrpo.rewards.wire import encode_request
 
 # Statuses worth another try: the server is busy or a proxy in front of it failed.
 RETRY_STATUS = (429, 502, 503, 504)
+MAX_BACKOFF_S = 30.0
 
 
 class RemoteError(RuntimeError):
     """A request to a remote endpoint failed for good (message names the URL)."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header (seconds or an HTTP date) as seconds from now, or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def request_json(
@@ -50,50 +64,67 @@ def request_json(
     timeout: float = 60.0,
     retries: int = 2,
     backoff: float = 0.5,
+    deadline: float | None = None,
     retry_status: tuple[int, ...] = RETRY_STATUS,
     what: str = "server",
 ) -> Any:
     """GET (``body`` None) or POST JSON to ``url``; return the decoded JSON answer.
 
     Retries ``retries`` times on connection errors, timeouts and ``retry_status`` answers,
-    sleeping ``backoff * 2**attempt`` seconds between tries. Other HTTP errors fail at once.
-    Raises :class:`RemoteError` naming ``what`` and the URL.
+    waiting what the answer's ``Retry-After`` says, else ``backoff * 2**attempt`` seconds
+    (at most 30). With ``deadline``, gives up that many seconds after the first try began
+    (no try waits past it). Other HTTP errors fail at once.
+    Raises :class:`RemoteError` naming ``what``, the URL and the last cause.
     """
     data = None if body is None else json.dumps(body).encode()
     hdrs = {"Accept": "application/json", **(headers or {})}
     if data is not None:
         hdrs["Content-Type"] = "application/json"
-    last = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
+    start = time.monotonic()
+    attempts, last = 0, ""
+    while True:
+        left = None if deadline is None else deadline - (time.monotonic() - start)
+        wait_for = timeout if left is None else max(0.001, min(timeout, left))
+        attempts += 1
         req = urllib.request.Request(
             url, data=data, headers=hdrs, method="GET" if data is None else "POST"
         )
+        pause = min(backoff * 2 ** (attempts - 1), MAX_BACKOFF_S)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=wait_for) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             detail = _error_detail(e)
-            if e.code in retry_status:
-                last = f"HTTP {e.code}: {detail}"
-                continue
-            raise RemoteError(f"{what} at {url} answered HTTP {e.code}: {detail}") from None
+            if e.code not in retry_status:
+                raise RemoteError(f"{what} at {url} answered HTTP {e.code}: {detail}") from None
+            last = f"HTTP {e.code}: {detail}"
+            told = retry_after_seconds(e.headers.get("Retry-After") if e.headers else None)
+            pause = pause if told is None else told
         except TimeoutError:
-            last = f"no answer within {timeout:g} s"
-            continue
+            last = f"no answer within {wait_for:g} s"
         except (urllib.error.URLError, ConnectionError, OSError) as e:
             reason = getattr(e, "reason", e)
             if isinstance(reason, TimeoutError | socket.timeout):
-                last = f"no answer within {timeout:g} s"
+                last = f"no answer within {wait_for:g} s"
             else:
                 last = f"unreachable ({reason})"
-            continue
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            raise RemoteError(f"{what} at {url} answered with non-JSON: {raw[:200]!r}") from None
-    raise RemoteError(f"{what} at {url} failed after {retries + 1} attempts: {last}")
+        else:
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                raise RemoteError(
+                    f"{what} at {url} answered with non-JSON: {raw[:200]!r}"
+                ) from None
+        elapsed = time.monotonic() - start
+        if attempts > retries:
+            break
+        if deadline is not None and elapsed + pause >= deadline:
+            last += f"; the {deadline:g} s deadline leaves no time for another try"
+            break
+        time.sleep(pause)
+    raise RemoteError(
+        f"{what} at {url} failed after {attempts} attempts: {last} (gave up after {elapsed:.1f} s)"
+    )
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:
@@ -107,83 +138,6 @@ def _error_detail(e: urllib.error.HTTPError) -> str:
         return text[:500] or str(e.reason)
 
 
-# ---------------------------------------------------------------- wire format
-
-
-def _plain(value: Any) -> Any:
-    """Metadata -> JSON-safe values (tensors and arrays become lists, unknowns strings)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-def encode_request(request: ScoreRequest) -> dict[str, Any]:
-    """A :class:`ScoreRequest` as the JSON body of ``POST /score`` (images as 8-bit PNG)."""
-    return {
-        "images": [b64encode_image(im) for im in request.images],
-        "prompts": list(request.prompts),
-        "references": [[b64encode_image(r) for r in refs] for refs in request.references],
-        "reference_masks": [
-            None if m is None else [b64encode_image(x) for x in m] for m in request.reference_masks
-        ],
-        "metadata": [_plain(m) for m in request.metadata],
-    }
-
-
-def decode_request(body: Any) -> ScoreRequest:
-    """The inverse of :func:`encode_request`; images of any PNG mode and size, as RGB.
-
-    Raises ValueError naming the field at fault.
-    """
-    if not isinstance(body, dict):
-        raise ValueError("the request body must be a JSON object")
-    for key in ("images", "prompts", "references"):
-        if not isinstance(body.get(key), list):
-            raise ValueError(f"field {key!r} must be a list")
-    images = [b64decode_image(s, "RGB", f"images[{i}]") for i, s in enumerate(body["images"])]
-    if not images:
-        raise ValueError("field 'images' is empty")
-    sizes = {tuple(im.shape) for im in images}
-    if len(sizes) > 1:
-        raise ValueError(f"images differ in size {sorted(sizes)}; send one size per request")
-    refs = []
-    for i, group in enumerate(body["references"]):
-        if not isinstance(group, list) or not group:
-            raise ValueError(f"references[{i}] must be a non-empty list of images")
-        decoded = [b64decode_image(s, "RGB", f"references[{i}][{j}]") for j, s in enumerate(group)]
-        if len({tuple(r.shape) for r in decoded}) > 1:
-            raise ValueError(f"references[{i}] differ in size")
-        refs.append(torch.stack(decoded))
-    masks = []
-    for i, group in enumerate(body.get("reference_masks") or [None] * len(images)):
-        if group is None:
-            masks.append(None)
-            continue
-        m = [b64decode_image(s, "L", f"reference_masks[{i}][{j}]") for j, s in enumerate(group)]
-        masks.append((torch.stack(m) >= 0.5).float())
-    prompts = body["prompts"]
-    if not all(isinstance(p, str) for p in prompts):
-        raise ValueError("field 'prompts' must hold strings")
-    metadata = body.get("metadata") or []
-    if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
-        raise ValueError("field 'metadata' must be a list of objects")
-    return ScoreRequest(
-        images=torch.stack(images),
-        prompts=prompts,
-        references=refs,
-        reference_masks=masks,
-        metadata=metadata,
-    )
-
-
 # ---------------------------------------------------------------- client reward
 
 
@@ -192,10 +146,23 @@ class RemoteOptions:
     url: str = option(help="the reward server's base URL, e.g. http://127.0.0.1:8765")
     token: str | None = option(None, "bearer token (prefer token_env: configs get shared)")
     token_env: str | None = option(None, "name of the environment variable holding the token")
-    timeout: float = option(300.0, "seconds to wait for one answer", min=0.0, min_exclusive=True)
-    retries: int = option(2, "extra tries on connection errors, timeouts and busy answers", min=0)
+    timeout: float = option(
+        120.0,
+        "seconds to wait for one answer (queueing behind other processes included)",
+        min=0.0,
+        min_exclusive=True,
+    )
+    retries: int = option(4, "extra tries on connection errors, timeouts and busy answers", min=0)
     backoff: float = option(
-        0.5, "first pause between tries in seconds (doubles each time)", min=0.0
+        1.0,
+        "first pause between tries in seconds (doubles, at most 30; Retry-After wins)",
+        min=0.0,
+    )
+    deadline: float = option(
+        300.0,
+        "seconds after which one request gives up, tries and pauses included",
+        min=0.0,
+        min_exclusive=True,
     )
     batch_size: int = option(16, "images per request", min=1)
     columns: list[str] = option(
@@ -204,7 +171,12 @@ class RemoteOptions:
 
 
 class RemoteReward(Reward):
-    """Scores batches on a reward server; columns keep the served reward's names."""
+    """Scores batches on a reward server; columns keep the served reward's names.
+
+    Every failure to score (server down, silent, busy past the deadline, wrong token, a
+    malformed answer, the served reward failing) raises
+    :class:`~cgrpo.rewards.base.RewardFailure`, also when ``/health`` fails at build time.
+    """
 
     name = "remote"
 
@@ -230,22 +202,57 @@ class RemoteReward(Reward):
             health = self._call("/health")
             cols = health.get("columns") if isinstance(health, dict) else None
             if not isinstance(cols, list) or not cols:
-                raise RemoteError(f"reward server at {self.url}/health gave no columns: {health!r}")
+                raise RewardFailure(
+                    self.name, f"reward server at {self.url}/health gave no columns: {health!r}"
+                )
             self.columns = tuple(str(c) for c in cols)
             self.served = health.get("reward")
         self.device = torch.device(context.device)
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         o = self.options
-        return request_json(
-            self.url + path,
-            body,
-            headers=self.headers,
-            timeout=o.timeout,
-            retries=o.retries,
-            backoff=o.backoff,
-            what="reward server",
-        )
+        try:
+            return request_json(
+                self.url + path,
+                body,
+                headers=self.headers,
+                timeout=o.timeout,
+                retries=o.retries,
+                backoff=o.backoff,
+                deadline=o.deadline,
+                what="reward server",
+            )
+        except RemoteError as e:
+            raise RewardFailure(self.name, str(e)) from None
+
+    def _columns(self, answer: Any, n: int) -> dict[str, torch.Tensor]:
+        """The answer's score columns, each ``n`` numbers; a RewardFailure otherwise."""
+        cols = answer.get("columns") if isinstance(answer, dict) else None
+        if not isinstance(cols, dict):
+            raise RewardFailure(
+                self.name,
+                f"reward server at {self.url}/score answered without 'columns': {str(answer)[:200]}",
+            )
+        out = {}
+        for c in self.columns:
+            if c not in cols:
+                raise RewardFailure(
+                    self.name,
+                    f"reward server at {self.url} returned columns {sorted(cols)}, not {c!r}",
+                )
+            values = cols[c]
+            if (
+                not isinstance(values, list)
+                or len(values) != n
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            ):
+                raise RewardFailure(
+                    self.name,
+                    f"reward server at {self.url} returned column {c!r} as "
+                    f"{str(values)[:100]}, not {n} numbers",
+                )
+            out[c] = torch.tensor(values, dtype=torch.float32)
+        return out
 
     def _score(self, request: ScoreRequest) -> dict[str, torch.Tensor]:
         parts: dict[str, list[torch.Tensor]] = {c: [] for c in self.columns}
@@ -253,18 +260,8 @@ class RemoteReward(Reward):
         for start in range(0, n, self.options.batch_size):
             sub = request.select(slice(start, min(n, start + self.options.batch_size)))
             answer = self._call("/score", encode_request(sub))
-            cols = answer.get("columns") if isinstance(answer, dict) else None
-            if not isinstance(cols, dict):
-                raise RemoteError(
-                    f"reward server at {self.url}/score answered without "
-                    f"'columns': {str(answer)[:200]}"
-                )
-            for c in self.columns:
-                if c not in cols:
-                    raise RemoteError(
-                        f"reward server at {self.url} returned columns {sorted(cols)}, not {c!r}"
-                    )
-                parts[c].append(torch.tensor(cols[c], dtype=torch.float32))
+            for c, values in self._columns(answer, len(sub)).items():
+                parts[c].append(values)
         return {c: torch.cat(v) for c, v in parts.items()}
 
 
@@ -278,6 +275,5 @@ __all__ = [
     "RemoteReward",
     "RemoteError",
     "request_json",
-    "encode_request",
-    "decode_request",
+    "retry_after_seconds",
 ]

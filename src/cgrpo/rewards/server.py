@@ -1,38 +1,53 @@
-"""``cgrpo serve-reward``: serve any registered reward over HTTP (JSON, stdlib only).
+"""``cgrpo serve-reward``: serve any registered reward over HTTP (uvicorn + starlette).
 
     cgrpo serve-reward NAME [--host 127.0.0.1] [--port 8765] [--token T | --token-env VAR]
-                            [--options JSON-or-file] [--device cpu]
+                            [--options JSON-or-file] [--device cpu] [--batch-window-ms 10]
+                            [--max-batch 64] [--max-queue 64] [--max-request-mb 512]
 
-NAME is a registered reward (``cgrpo`` lists them in errors) or ``python:module:function``.
-The protocol is in :mod:`cgrpo.rewards.remote`; clients use the ``remote`` reward. The server
-binds 127.0.0.1 unless told otherwise; with a token, every request (health included) needs
-``Authorization: Bearer <token>`` or gets 401. Requests are scored one at a time (a lock),
-so one model serves concurrent clients safely. ``--port 0`` picks a free port; the chosen
-address is printed on the first line of stdout (``serving NAME ... on http://HOST:PORT``).
-Images arrive as 8-bit PNG (quantised in transit) and are converted to RGB whatever their mode.
+NAME is a registered reward or ``python:module:function``. One server is meant to be shared
+by many training processes (the ``remote`` reward is the client):
 
-Run it as ``python -m cgrpo.rewards.server NAME ...`` as well.
+* ``POST /score`` takes the JSON + PNG body of :mod:`cgrpo.rewards.wire` and answers
+  ``{"columns": {NAME: [float, ...]}}``. Requests that arrive within the batch window, up to
+  ``--max-batch`` images, are scored in one call of the reward (:mod:`cgrpo.rewards.batching`).
+* ``GET /health`` answers the reward, its columns, the queue depth and counters (requests
+  served, mean batch size, errors).
+* Errors are ``{"error": message}``: 400 a malformed request, 401 a missing or wrong token
+  (every endpoint, health included, when a token is set), 404/405 a wrong endpoint or
+  method, 413 a body over ``--max-request-mb``, 500 the reward failed, 503 the queue holds
+  ``--max-queue`` requests already (with ``Retry-After`` in seconds). The request body is
+  always read to its end first, so a keep-alive connection stays usable after any error.
+
+The server binds 127.0.0.1 unless told otherwise; ``--port 0`` picks a free port. The first
+line of stdout is ``serving NAME (columns: ...; batching ...) on http://HOST:PORT``. Run it as
+``python -m cgrpo.rewards.server NAME ...`` as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import json
 import logging
 import os
+import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cgrpo.rewards.base import Reward, RewardContext, build_reward
-from cgrpo.rewards.remote import decode_request
+from cgrpo.rewards.batching import Batcher, Busy
+from cgrpo.rewards.wire import decode_request
 
 log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +69,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="reward options: a JSON object, or a .json/.yaml file holding one",
     )
     parser.add_argument("--device", default="cpu", help="device for the reward's models")
+    parser.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=10.0,
+        help="how long a batch waits for more requests after its first (default 10; 0: no wait)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="most images scored in one call of the reward (default 64; 1: one request at "
+        "a time); a larger request is scored alone",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="most requests admitted at once (default 64); more get 503 with Retry-After",
+    )
     parser.add_argument(
         "--max-request-mb", type=float, default=512.0, help="largest accepted request body in MiB"
     )
@@ -86,123 +120,250 @@ def load_options(text: str | None) -> dict[str, Any]:
 
 def build_served_reward(name: str, options: dict[str, Any], device: str) -> Reward:
     """The reward to serve: a registered name or a ``python:`` spec."""
-    context = RewardContext(device=torch.device(device))
-    if name.startswith("python:"):
-        from cgrpo.rewards.custom import resolve_custom
-
-        return resolve_custom(name, options, context)
-    return build_reward(name, options, context)
+    return build_reward(name, options, RewardContext(device=torch.device(device)))
 
 
-class RewardServer(ThreadingHTTPServer):
-    """A threading HTTP server holding one reward, a token and a scoring lock."""
+def _parse_body(body: bytes) -> Any:
+    """JSON -> :class:`ScoreRequest`; every malformed body is a ValueError naming the fault."""
+    try:
+        return decode_request(json.loads(body))
+    except RecursionError:
+        raise ValueError("the JSON body nests too deeply") from None
 
-    daemon_threads = True
+
+async def _read_body(request: Any, limit: int) -> bytes | None:
+    """The whole body, or None when it is over ``limit`` bytes (then read and dropped)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        else:
+            chunks.clear()
+    return None if size > limit else b"".join(chunks)
+
+
+async def _drain(request: Any) -> None:
+    async for _ in request.stream():
+        pass
+
+
+class RewardServer:
+    """One reward behind an HTTP server: a token, body limits, a batching queue.
+
+    The socket is bound on construction (an OSError if the address is taken); :meth:`serve`
+    runs in the foreground (the CLI), :meth:`start` / :meth:`stop` in a background thread
+    (tests, benchmarks; also a context manager).
+    """
 
     def __init__(
         self,
-        address: tuple[str, int],
         reward: Reward,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
         token: str | None = None,
         max_bytes: int = 512 << 20,
+        batch_window_s: float = 0.010,
+        max_batch: int = 64,
+        max_queue: int = 64,
     ) -> None:
-        super().__init__(address, _Handler)
         self.reward, self.token, self.max_bytes = reward, token, max_bytes
-        self.lock = threading.Lock()
+        self.batcher = Batcher(reward, batch_window_s, max_batch, max_queue)
+        self.error_counts: Counter[int] = Counter()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=2048)
+        self.host, self.port = host, self.socket.getsockname()[1]
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
+    # ---------------------------------------------------------------- HTTP
+    def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+        from starlette.responses import JSONResponse
 
-class _Handler(BaseHTTPRequestHandler):
-    server: RewardServer
-    protocol_version = "HTTP/1.1"
+        self.error_counts[status] += 1
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s " + format, self.address_string(), *args)
+    def _denied(self, request: Any) -> bool:
+        if not self.token:
+            return False
+        given = request.headers.get("authorization", "")
+        return not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
 
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    async def _unauthorised(self, request: Any) -> Any:
+        await _drain(request)
+        return self._error(401, "missing or wrong bearer token")
 
-    def _authorised(self) -> bool:
-        if not self.server.token:
-            return True
-        given = self.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {self.server.token}".encode()):
-            return True
-        self._send(401, {"error": "missing or wrong bearer token"})
-        return False
+    async def health(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        if not self._authorised():
-            return
-        if self.path.rstrip("/") == "/health":
-            r = self.server.reward
-            self._send(200, {"status": "ok", "reward": r.name, "columns": list(r.columns)})
-        else:
-            self._send(
-                404, {"error": f"no such endpoint {self.path!r}; use GET /health or POST /score"}
-            )
+        if self._denied(request):
+            return await self._unauthorised(request)
+        b = self.batcher
+        return JSONResponse(
+            {
+                "status": "ok",
+                "reward": self.reward.name,
+                "columns": list(self.reward.columns),
+                "queue_depth": b.admitted,
+                **b.stats.as_dict(),
+                "errors": sum(self.error_counts.values()),
+                "errors_by_status": {str(k): v for k, v in sorted(self.error_counts.items())},
+                "batch_window_ms": b.window_s * 1000,
+                "max_batch": b.max_batch,
+                "max_queue": b.max_queue,
+            }
+        )
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        if not self._authorised():
-            return
-        if self.path.rstrip("/") != "/score":
-            self._send(404, {"error": f"no such endpoint {self.path!r}; use POST /score"})
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length <= 0 or length > self.server.max_bytes:
-            self._send(
-                400, {"error": f"request body of {length} bytes (limit {self.server.max_bytes})"}
-            )
-            return
+    async def score(self, request: Any) -> Any:
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        if self._denied(request):
+            return await self._unauthorised(request)
         try:
-            request = decode_request(json.loads(self.rfile.read(length)))
-        except (ValueError, json.JSONDecodeError) as e:
-            self._send(400, {"error": f"bad request: {e}"})
-            return
-        try:
-            with self.server.lock:
-                scores = self.server.reward.score(request)
-        except Exception as e:  # report any reward failure to the client, keep serving
-            log.exception("reward %s failed", self.server.reward.name)
-            self._send(500, {"error": f"{type(e).__name__}: {e}"})
-            return
-        self._send(200, {"columns": {k: v.tolist() for k, v in scores.items()}})
+            with self.batcher.admit():
+                body = await _read_body(request, self.max_bytes)
+                if body is None:
+                    return self._error(
+                        413, f"request body over the limit of {self.max_bytes} bytes"
+                    )
+                try:
+                    score_request = await run_in_threadpool(_parse_body, body)
+                except ValueError as e:
+                    return self._error(400, f"bad request: {e}")
+                try:
+                    scores = await self.batcher.score(score_request)
+                except Exception as e:  # report any reward failure to the client, keep serving
+                    log.warning("reward %s failed: %s: %s", self.reward.name, type(e).__name__, e)
+                    return self._error(500, f"{type(e).__name__}: {e}")
+        except Busy as e:
+            await _drain(request)
+            return self._error(503, str(e), {"Retry-After": str(e.retry_after)})
+        return JSONResponse({"columns": {k: v.tolist() for k, v in scores.items()}})
+
+    async def _not_found(self, request: Any, exc: Any) -> Any:
+        await _drain(request)
+        status = getattr(exc, "status_code", 404)
+        return self._error(
+            status, f"no {request.method} {request.url.path}; use GET /health or POST /score"
+        )
+
+    def app(self) -> Any:
+        """The starlette application (the batcher runs while it does)."""
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: Any):
+            await self.batcher.start()
+            try:
+                yield
+            finally:
+                await self.batcher.stop()
+
+        return Starlette(
+            routes=[
+                Route("/health", self.health, methods=["GET"]),
+                Route("/score", self.score, methods=["POST"]),
+            ],
+            exception_handlers={404: self._not_found, 405: self._not_found},
+            lifespan=lifespan,
+        )
+
+    # ---------------------------------------------------------------- running
+    def _uvicorn(self) -> Any:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app(),
+            log_level="warning",
+            access_log=False,
+            backlog=2048,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        return self._server
+
+    def serve(self) -> None:
+        """Serve in the foreground until Ctrl-C or SIGTERM."""
+        self._uvicorn().run(sockets=[self.socket])
+
+    def start(self) -> RewardServer:
+        """Serve from a background thread; returns once the server accepts requests."""
+        server = self._uvicorn()
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
+        self._thread.start()
+        while not server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"reward server on {self.url} failed to start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self.socket.close()
+
+    def __enter__(self) -> RewardServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the reward, serve until interrupted. Returns the exit code."""
+    if not 0 <= args.port <= 65535:
+        return _fail(f"--port {args.port}: must be between 0 and 65535")
+    if args.batch_window_ms < 0 or args.max_batch < 1 or args.max_queue < 1:
+        return _fail("--batch-window-ms must be >= 0, --max-batch and --max-queue >= 1")
     token = args.token
     if args.token_env:
         token = os.environ.get(args.token_env)
         if not token:
-            print(f"error: --token-env {args.token_env}: variable not set", file=sys.stderr)
-            return 2
+            return _fail(f"--token-env {args.token_env}: variable not set")
     try:
         reward = build_served_reward(args.name, load_options(args.options), args.device)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    server = RewardServer((args.host, args.port), reward, token, int(args.max_request_mb * 2**20))
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        return _fail(str(e))
+    try:
+        server = RewardServer(
+            reward,
+            args.host,
+            args.port,
+            token=token,
+            max_bytes=int(args.max_request_mb * 2**20),
+            batch_window_s=args.batch_window_ms / 1000,
+            max_batch=args.max_batch,
+            max_queue=args.max_queue,
+        )
+    except OSError as e:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
+    if args.host not in LOOPBACK and not token:
         log.warning("serving on %s without a token: anyone who can reach it can use it", args.host)
     print(
-        f"serving {reward.name} (columns: {', '.join(reward.columns)}) on {server.url}", flush=True
+        f"serving {reward.name} (columns: {', '.join(reward.columns)}; batch window "
+        f"{args.batch_window_ms:g} ms, max batch {args.max_batch} images, queue "
+        f"{args.max_queue} requests) on {server.url}",
+        flush=True,
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve()
     return 0
 
 
