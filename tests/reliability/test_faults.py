@@ -44,13 +44,17 @@ def failing_reward_config(tiny_config, tmp_path, error: str, fail_at: int = 3):
             "raise RewardFailure('python:flaky', 'server at http://127.0.0.1:9 went away')",
             "reward 'python:flaky': server at http://127.0.0.1:9 went away",
         ),
-        ("raise TimeoutError('no answer in 30 s')", "timed out (no answer in 30 s)"),
+        (  # a custom reward names itself and its function (cgrpo.rewards.custom)
+            "raise TimeoutError('no answer in 30 s')",
+            "reward 'python:{module}:flaky': {module}:flaky raised TimeoutError: no answer in 30 s",
+        ),
     ],
     ids=["reward-failure", "timeout"],
 )
 def test_a_reward_that_fails_mid_run_keeps_the_completed_steps(tiny_config, tmp_path, error, cause):
     run = tmp_path / "run"
     config = failing_reward_config(tiny_config, tmp_path, error)
+    cause = cause.format(module=tmp_path / f"flaky_{abs(hash(error))}.py")
     with pytest.raises(TrainingFailed) as info:
         Trainer(config, run).train()
     message = str(info.value)

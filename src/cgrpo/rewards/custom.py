@@ -138,6 +138,8 @@ class CustomReward(Reward):
                 [r.to(self.device) for r in request.references],
                 **self.options.kwargs,
             )
+        except RewardFailure:
+            raise  # the function already names what failed
         except Exception as e:
             raise RewardFailure(self.name, f"{target} raised {type(e).__name__}: {e}") from e
         n = len(request)
