@@ -215,6 +215,16 @@ def test_cli_start_errors_are_one_line_exit_2(capsys):
     assert cli.main(["serve-reward", "toy-id", "--port", "70000"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --port 70000: must be between 0 and 65535"
+    for given, shown in [  # float options are shown as parsed
+        ("--batch-window-ms nan", "--batch-window-ms nan: must be a finite number >= 0"),
+        ("--batch-window-ms -1", "--batch-window-ms -1.0: must be a finite number >= 0"),
+        ("--max-batch 0", "--max-batch 0: must be >= 1"),
+        ("--max-queue -2", "--max-queue -2: must be >= 1"),
+        ("--max-request-mb inf", "--max-request-mb inf: must be a finite number > 0"),
+        ("--max-request-mb 0", "--max-request-mb 0.0: must be a finite number > 0"),
+    ]:
+        assert cli.main(["serve-reward", "toy-id", *given.split()]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {shown}"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

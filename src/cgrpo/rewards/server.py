@@ -30,6 +30,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -327,12 +328,27 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _option_error(args: argparse.Namespace) -> str | None:
+    """The first numeric option out of range, as one line naming it; None when all fit."""
+    window, mb = args.batch_window_ms, args.max_request_mb
+    checks = [
+        ("--port", args.port, 0 <= args.port <= 65535, "between 0 and 65535"),
+        ("--batch-window-ms", window, 0 <= window < math.inf, "a finite number >= 0"),
+        ("--max-batch", args.max_batch, args.max_batch >= 1, ">= 1"),
+        ("--max-queue", args.max_queue, args.max_queue >= 1, ">= 1"),
+        ("--max-request-mb", mb, 0 < mb < math.inf, "a finite number > 0"),
+    ]
+    for flag, value, fits, rule in checks:
+        if not fits:
+            return f"{flag} {value}: must be {rule}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the reward, serve until interrupted. Returns the exit code."""
-    if not 0 <= args.port <= 65535:
-        return _fail(f"--port {args.port}: must be between 0 and 65535")
-    if args.batch_window_ms < 0 or args.max_batch < 1 or args.max_queue < 1:
-        return _fail("--batch-window-ms must be >= 0, --max-batch and --max-queue >= 1")
+    bad = _option_error(args)
+    if bad:
+        return _fail(bad)
     token = args.token
     if args.token_env:
         token = os.environ.get(args.token_env)
