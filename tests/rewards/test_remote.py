@@ -255,19 +255,16 @@ def test_client_times_out_on_a_silent_server_within_its_deadline(make_images):
 
 
 class Scripted(http.server.BaseHTTPRequestHandler):
-    """Answers POSTs from a script of (status, headers, body) and records the requests."""
+    """Answers POSTs from a script of (status, headers, body), then closes the connection."""
 
     script: list[tuple[int, dict[str, str], bytes]] = []
-    seen: list[str] = []
 
     def do_POST(self):  # noqa: N802 - stdlib name
         self.rfile.read(int(self.headers["Content-Length"]))
         status, headers, body = self.script.pop(0)
-        self.seen.append(self.path)
         self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
+        for k, v in {"Content-Length": str(len(body)), **headers}.items():
+            self.send_header(k, v)  # a scripted Content-Length over len(body): a cut answer
         self.end_headers()
         self.wfile.write(body)
 
@@ -292,16 +289,21 @@ def test_client_honours_retry_after_and_rejects_malformed_answers(scripted, monk
     handler.script[:] = [
         (503, {"Retry-After": "7"}, b'{"error": "busy"}'),
         (502, {}, b"bad gateway"),
+        (200, {"Content-Length": "100"}, ok[:10]),  # the connection breaks mid-answer
         (200, {}, ok),
     ]
     remote = build_reward("remote", {"url": url, "columns": ["x"], "backoff": 0.25})
     assert remote.score(req(torch.rand(2, 3, 8, 8)))["x"].tolist() == [1.0, 2.0]
-    assert waits == [7.0, 0.5]  # Retry-After, then the doubled backoff
+    assert waits == [7.0, 0.5, 1.0]  # Retry-After, then the doubled backoff
+    handler.script[:] = [(200, {"Content-Length": "100"}, ok[:10])] * 5
+    with pytest.raises(RewardFailure, match=r"after 5 attempts: broken answer \(IncompleteRead"):
+        remote.score(req(torch.rand(2, 3, 8, 8)))
     handler.script[:] = [(503, {"Retry-After": "400"}, b'{"error": "busy"}')]
     with pytest.raises(RewardFailure, match=r"HTTP 503: busy; the 300 s deadline leaves no"):
         remote.score(req(torch.rand(2, 3, 8, 8)))
     for answer, message in [
         (b"<html>", "answered with non-JSON"),
+        (b"\xff\xfe\x00", "answered with non-JSON"),
         (b'{"scores": []}', "answered without 'columns'"),
         (b'{"columns": {"y": [1, 2]}}', r"returned columns \['y'\], not 'x'"),
         (b'{"columns": {"x": [1]}}', r"returned column 'x' as \[1\], not 2 numbers"),

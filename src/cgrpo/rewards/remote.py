@@ -18,6 +18,7 @@ cause; the trainer then checkpoints and stops with one line.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import json
 import os
 import socket
@@ -108,10 +109,12 @@ def request_json(
                 last = f"no answer within {wait_for:g} s"
             else:
                 last = f"unreachable ({reason})"
+        except http.client.HTTPException as e:  # the connection broke inside the answer
+            last = f"broken answer ({type(e).__name__}: {e})"
         else:
             try:
                 return json.loads(raw)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or not even UTF-8
                 raise RemoteError(
                     f"{what} at {url} answered with non-JSON: {raw[:200]!r}"
                 ) from None
@@ -130,7 +133,7 @@ def request_json(
 def _error_detail(e: urllib.error.HTTPError) -> str:
     try:
         text = e.read().decode("utf-8", "replace")
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return str(e.reason)
     try:
         return str(json.loads(text).get("error", text))[:500]
