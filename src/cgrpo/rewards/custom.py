@@ -204,13 +204,9 @@ def resolve_custom(
     )
 
 
-def is_custom_spec(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
 @REWARDS.register("custom")
 def _build_custom(options: dict, context: RewardContext) -> CustomReward:
     return CustomReward(parse(CustomOptions, options, prefix="rewards.custom.options"), context)
 
 
-__all__ = ["CustomOptions", "CustomReward", "load_callable", "resolve_custom", "is_custom_spec"]
+__all__ = ["CustomOptions", "CustomReward", "load_callable", "resolve_custom"]
