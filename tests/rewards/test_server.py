@@ -116,6 +116,12 @@ def test_keep_alive_connection_survives_every_error(served, make_images):
             {**valid, "references": [[valid["images"][0]] * 2], "reference_masks": [masks[:1]]},
             {},
         ),
+        (
+            400,
+            "reference_masks[0] are (6, 6), their references (16, 16)",
+            {**valid, "references": [[valid["images"][0]]], "reference_masks": [masks[1:]]},
+            {},
+        ),
     ]
     for status, message, body, headers in bad:
         if isinstance(body, dict):

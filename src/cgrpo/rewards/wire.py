@@ -182,6 +182,11 @@ def decode_request(body: Any) -> ScoreRequest:
             raise ValueError(
                 f"reference_masks[{i}] has {m.shape[0]} masks for {refs[i].shape[0]} references"
             )
+        if m.shape[2:] != refs[i].shape[2:]:
+            raise ValueError(
+                f"reference_masks[{i}] are {tuple(m.shape[2:])}, their references "
+                f"{tuple(refs[i].shape[2:])} (height, width)"
+            )
         masks.append(m)
     return ScoreRequest(
         images=torch.stack(images),
