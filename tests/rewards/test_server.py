@@ -235,12 +235,12 @@ def test_cli_start_errors_are_one_line_exit_2(capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        assert cli.main(["serve-reward", "toy-id", "--port", str(port)]) == 2
+        bad = ["serve-reward", "custom", "--options", '{"target": "no_such_mod_q:f"}']
+        assert cli.main([*bad, "--port", str(port)]) == 2  # the port fails before the reward
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and "\n" not in err
     assert "in use" in err
-    bad = ["serve-reward", "custom", "--options", '{"target": "no_such_mod_q:f"}', "--port", "0"]
-    assert cli.main(bad) == 2
+    assert cli.main([*bad, "--port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot import 'no_such_mod_q' for 'f'" in err and "\n" not in err
 

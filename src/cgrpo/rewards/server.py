@@ -150,10 +150,17 @@ async def _drain(request: Any) -> None:
         pass
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with a deep backlog (an OSError if it is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
 class RewardServer:
     """One reward behind an HTTP server: a token, body limits, a batching queue.
 
-    The socket is bound on construction (an OSError if the address is taken); :meth:`serve`
+    The socket is bound on construction (an OSError if the address is taken), unless a
+    bound one is given as ``listening`` (the CLI binds before it loads the reward); :meth:`serve`
     runs in the foreground (the CLI), :meth:`start` / :meth:`stop` in a background thread
     (tests, benchmarks; also a context manager).
     """
@@ -164,6 +171,7 @@ class RewardServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        listening: socket.socket | None = None,
         token: str | None = None,
         max_bytes: int = 512 << 20,
         batch_window_s: float = 0.010,
@@ -173,8 +181,7 @@ class RewardServer:
         self.reward, self.token, self.max_bytes = reward, token, max_bytes
         self.batcher = Batcher(reward, batch_window_s, max_batch, max_queue)
         self.error_counts: Counter[int] = Counter()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.create_server((host, port), family=family, backlog=2048)
+        self.socket = listening or listen(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -354,23 +361,25 @@ def run(args: argparse.Namespace) -> int:
         token = os.environ.get(args.token_env)
         if not token:
             return _fail(f"--token-env {args.token_env}: variable not set")
+    try:  # before the reward loads (minutes for a large model): a busy port fails at once
+        listening = listen(args.host, args.port)
+    except OSError as e:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
     try:
         reward = build_served_reward(args.name, load_options(args.options), args.device)
     except (ValueError, FileNotFoundError, ImportError) as e:
+        listening.close()
         return _fail(str(e))
-    try:
-        server = RewardServer(
-            reward,
-            args.host,
-            args.port,
-            token=token,
-            max_bytes=int(args.max_request_mb * 2**20),
-            batch_window_s=args.batch_window_ms / 1000,
-            max_batch=args.max_batch,
-            max_queue=args.max_queue,
-        )
-    except OSError as e:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
+    server = RewardServer(
+        reward,
+        args.host,
+        listening=listening,
+        token=token,
+        max_bytes=int(args.max_request_mb * 2**20),
+        batch_window_s=args.batch_window_ms / 1000,
+        max_batch=args.max_batch,
+        max_queue=args.max_queue,
+    )
     if args.host not in LOOPBACK and not token:
         log.warning("serving on %s without a token: anyone who can reach it can use it", args.host)
     print(
