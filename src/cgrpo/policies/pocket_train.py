@@ -89,6 +89,11 @@ class PretrainOptions:
         0.05, "share of property-modification prompts", min=0.0, max=1.0
     )
     seed: int = option(0, "seed of the data stream, noise and init", min=0)
+    init: str = option(
+        "",
+        "start from these pocket weights instead of a random init ('builtin' = the committed "
+        "asset); the architecture options must match them",
+    )
     world_seed: int = option(
         0, "SubjectWorld seed (fixes the train/held-out identity split)", min=0
     )
@@ -353,8 +358,11 @@ def _pretrain(opts: PretrainOptions) -> dict[str, Any]:
     torch.manual_seed(opts.seed)
     started = time.time()
     world = SubjectWorld(size=opts.image_size, seed=opts.world_seed)
-    policy = build_pocket(opts.model_options("random"))
-    policy.denoiser.init_for_training()
+    if opts.init:
+        policy = build_pocket(opts.model_options(opts.init))
+    else:
+        policy = build_pocket(opts.model_options("random"))
+        policy.denoiser.init_for_training()
     policy.train()
     ema = None
     if opts.ema_decay > 0:
