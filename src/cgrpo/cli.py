@@ -281,6 +281,19 @@ def _add_segments(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=segment_report.run)
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    from cgrpo.study import cli as study_cli
+
+    p = sub.add_parser(
+        "study",
+        help="compare advantage arms (naive, SARS, TDW, ...) over seeds on held-out items",
+        description="Train one base config under several arms of overrides, several seeds "
+        "each, and compare the arms on held-out items with confidence intervals.",
+    )
+    study_cli.add_arguments(p)
+    p.set_defaults(func=study_cli.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgrpo",
@@ -294,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_config(sub)
     _add_evaluation(sub)
+    _add_study(sub)
     _add_serve_reward(sub)
     _add_segments(sub)
     return parser

@@ -161,4 +161,3 @@ def plan_runs(study: StudyConfig) -> list[StudyRun]:
         for seed in study.seeds
         for arm, arm_overrides in study.arms.items()
     ]
-
