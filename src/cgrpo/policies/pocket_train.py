@@ -116,6 +116,12 @@ class PretrainOptions:
         3.0, "schedule shift of the quality measurement", min=0.0, min_exclusive=True
     )
     grid: str = option("", "also save a PNG grid reference | sample | ground truth here")
+    snapshot_every: int = option(
+        0,
+        "every N steps also write the (EMA) weights to <out>.snapshot.safetensors, so a long "
+        "run can be tried out, or kept, before it ends (0 = never)",
+        min=0,
+    )
     dim: int = option(128, "architecture: width", min=8)
     depth: int = option(4, "architecture: blocks", min=1)
     heads: int = option(4, "architecture: attention heads", min=1)
@@ -412,6 +418,9 @@ def _pretrain(opts: PretrainOptions) -> dict[str, Any]:
                 for k, v in policy.denoiser.state_dict().items():
                     ema[k].lerp_(v, 1 - d)
         losses.append(float(loss.detach()))
+        if opts.snapshot_every and (step + 1) % opts.snapshot_every == 0:
+            snapshot = ema if ema is not None else policy.denoiser.state_dict()
+            _write_snapshot(policy, snapshot, Path(opts.out).with_suffix(".snapshot.safetensors"))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
     steps_done = len(losses)
@@ -461,6 +470,17 @@ def _pretrain(opts: PretrainOptions) -> dict[str, Any]:
     }
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _write_snapshot(policy: PocketPolicy, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Write ``state`` (a denoiser state dict) as pocket weights, atomically."""
+    from cgrpo.policies.pocket import PocketTransformer
+
+    model = PocketTransformer(policy.arch)
+    model.load_state_dict(state)
+    tmp = path.with_name(path.name + ".tmp")
+    save_pocket_weights(model, tmp, dtype=torch.float16)
+    tmp.replace(path)
 
 
 # ----- command line ----------------------------------------------------------------------
