@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cgrpo-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo study test lint clean
 
 # torch is pinned here (not in pyproject) so users keep their own CUDA build;
 # on this CPU-only set-up torch==2.13.0 resolves to the local CPU wheel.
@@ -18,7 +18,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
+	rm -rf runs/demo
 	$(VENV)/bin/cgrpo train --config configs/toy.yaml --output runs/demo
+
+# The synergy study (docs/STUDY.md): naive GRPO vs SARS, TDW and SARS + TDW, several seeds.
+study: setup
+	$(VENV)/bin/cgrpo study --study configs/study.yaml --out runs/study --jobs 2
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks
