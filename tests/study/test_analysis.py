@@ -1,4 +1,4 @@
-"""The study's statistics: the hierarchical bootstrap and paired arm differences."""
+"""The study's tables: per-arm estimates over seeds and paired arm differences."""
 
 from __future__ import annotations
 
@@ -10,48 +10,9 @@ import pytest
 import yaml
 
 from cgrpo.evaluation.results import write_records
-from cgrpo.study import hierarchical_bootstrap, load_study, load_study_results
+from cgrpo.study import load_study, load_study_results
 from cgrpo.study.analysis import arm_table, paired_table
 from cgrpo.study.runner import run_dir
-
-
-def clustered(n_clusters: int, per_cluster: int, tau: float, sigma: float, seed: int):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(0.0, tau, n_clusters)
-    scores = np.repeat(centres, per_cluster) + rng.normal(0.0, sigma, n_clusters * per_cluster)
-    return scores, np.repeat(np.arange(n_clusters), per_cluster)
-
-
-def test_interval_follows_between_cluster_variance():
-    # 40 clusters whose means differ (tau = 1), items close to their cluster mean: the
-    # standard error of the grand mean is about tau / sqrt(40), not sd / sqrt(200 items).
-    scores, clusters = clustered(40, 5, tau=1.0, sigma=0.1, seed=0)
-    est = hierarchical_bootstrap(scores[None], clusters, resamples=4000, seed=1)
-    cluster_means = np.array([scores[clusters == c].mean() for c in range(40)])
-    expected_half = 1.96 * cluster_means.std(ddof=1) / np.sqrt(40)
-    assert est.half_width == pytest.approx(expected_half, rel=0.2)
-    iid = hierarchical_bootstrap(scores[None], np.arange(200), resamples=4000, seed=1)
-    assert est.half_width > 1.8 * iid.half_width
-    assert est.mean == pytest.approx(scores.mean())
-    assert est.low < est.mean < est.high
-
-
-def test_seed_variance_widens_the_interval():
-    scores, clusters = clustered(30, 4, tau=0.1, sigma=0.1, seed=2)
-    one = hierarchical_bootstrap(np.stack([scores] * 3), clusters, seed=0)
-    offsets = np.array([-0.5, 0.0, 0.5])[:, None]
-    spread = hierarchical_bootstrap(np.stack([scores] * 3) + offsets, clusters, seed=0)
-    assert spread.mean == pytest.approx(one.mean)
-    assert spread.half_width > 3 * one.half_width
-
-
-def test_bad_inputs_are_named():
-    with pytest.raises(ValueError, match="seeds, items"):
-        hierarchical_bootstrap(np.zeros(4), [0, 0, 1, 1])
-    with pytest.raises(ValueError, match="3 cluster labels for 4 items"):
-        hierarchical_bootstrap(np.zeros((1, 4)), [0, 0, 1])
-    with pytest.raises(ValueError, match="NaN"):
-        hierarchical_bootstrap(np.array([[0.0, np.nan]]), [0, 1])
 
 
 def fake_run(path: Path, keys, subjects, kinds, before: dict, after: dict) -> None:

@@ -122,33 +122,89 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
     return out
 
 
+def cluster_resample_weights(
+    clusters: np.ndarray, resamples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Weights ``[resamples, n]`` (rows sum to 1) of two-stage resamples of ``n`` units
+    grouped by ``clusters`` ``[n]`` (integer codes ``0..C-1``, every code used).
+
+    Each resample draws ``C`` clusters with replacement, then ``n_c`` units with replacement
+    inside each drawn cluster ``c``; a unit's weight is how often it was drawn over the
+    total drawn. ``weights @ values`` are the resample means.
+    """
+    sizes = np.bincount(clusters)
+    n_clusters, widest = sizes.size, int(sizes.max())
+    order = np.argsort(clusters, kind="stable")
+    starts = np.cumsum(sizes) - sizes
+    drawn = rng.integers(0, n_clusters, size=(resamples, n_clusters))
+    n_drawn = sizes[drawn][..., None]  # [b, C, 1]
+    inside = (rng.random((resamples, n_clusters, widest)) * n_drawn).astype(np.int64)
+    valid = np.arange(widest) < n_drawn
+    unit = order[np.minimum(starts[drawn][..., None] + inside, clusters.size - 1)]
+    rows = np.broadcast_to(np.arange(resamples)[:, None, None], unit.shape)
+    counts = np.zeros((resamples, clusters.size))
+    np.add.at(counts, (rows[valid], unit[valid]), 1.0)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def _blocks(resamples: int, width: int):
+    block = max(1, min(resamples, 2_000_000 // max(width, 1)))
+    for start in range(0, resamples, block):
+        yield start, min(start + block, resamples)
+
+
 def cluster_bootstrap_means(
     values: np.ndarray, clusters: np.ndarray, resamples: int, seed: int
 ) -> np.ndarray:
     """Two-stage resample means of ``values`` ``[n]`` grouped by ``clusters`` ``[n]`` (integer
-    codes ``0..C-1``, every code used) -> ``[resamples]``.
-
-    Each resample draws ``C`` clusters with replacement, then ``n_c`` units with replacement
-    inside each drawn cluster ``c``, and averages all drawn units.
-    """
+    codes ``0..C-1``, every code used) -> ``[resamples]`` (:func:`cluster_resample_weights`)."""
     rng = np.random.default_rng(seed)
-    sizes = np.bincount(clusters)
-    n_clusters, widest = sizes.size, int(sizes.max())
-    padded = np.zeros((n_clusters, widest))
-    order = np.argsort(clusters, kind="stable")
-    slot = np.arange(values.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    padded[clusters[order], slot] = values[order]
-    columns = np.arange(widest)
-    block = max(1, min(resamples, 4_000_000 // (n_clusters * widest)))
+    widest = int(np.bincount(clusters).max()) * int(clusters.max() + 1)
     out = np.empty(resamples, dtype=np.float64)
-    for start in range(0, resamples, block):
-        stop = min(start + block, resamples)
-        drawn = rng.integers(0, n_clusters, size=(stop - start, n_clusters))
-        n_drawn = sizes[drawn][..., None]  # [b, C, 1]
-        inside = (rng.random((stop - start, n_clusters, widest)) * n_drawn).astype(np.int64)
-        picked = padded[drawn[..., None], inside] * (columns < n_drawn)
-        out[start:stop] = picked.sum(axis=(1, 2)) / n_drawn.sum(axis=(1, 2))
+    for start, stop in _blocks(resamples, widest):
+        out[start:stop] = cluster_resample_weights(clusters, stop - start, rng) @ values
     return out
+
+
+def hierarchical_bootstrap_ci(
+    scores: Sequence[Sequence[float]] | np.ndarray,
+    clusters: Sequence[object] | np.ndarray,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> Estimate:
+    """Mean over repeats of the mean over units, with a repeats x clusters x units interval.
+
+    ``scores`` is ``[S, n]``: repeat ``s`` (a training seed) scored on the same ``n`` units
+    (held-out items), which fall into ``clusters`` (one label per unit). Each resample draws
+    ``S`` repeats with replacement and one two-stage resample of the units
+    (:func:`cluster_resample_weights`), shared by the drawn repeats because every repeat
+    scored the same units. With ``S == 1`` this is :func:`bootstrap_ci` with ``clusters``.
+    """
+    _check(resamples, confidence)
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise ValueError(
+            f"hierarchical_bootstrap_ci: scores must be [repeats, units], got {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("hierarchical_bootstrap_ci: scores contain NaN or infinity")
+    codes = _cluster_codes(clusters, arr.shape[1], "hierarchical_bootstrap_ci")
+    n_repeats, n_units = arr.shape
+    mean = float(arr.mean())
+    if arr.size == 1:
+        return Estimate(mean, mean, mean, 1, confidence, 1)
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples, dtype=np.float64)
+    for start, stop in _blocks(resamples, n_units * int(np.bincount(codes).max())):
+        b = stop - start
+        repeat_w = rng.multinomial(n_repeats, np.full(n_repeats, 1.0 / n_repeats), b) / n_repeats
+        unit_w = cluster_resample_weights(codes, b, rng)
+        out[start:stop] = np.einsum("bs,sn,bn->b", repeat_w, arr, unit_w)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(out, [alpha, 1.0 - alpha])
+    return Estimate(mean, float(low), float(high), n_units, confidence, int(codes.max()) + 1)
 
 
 def _cluster_codes(clusters: Sequence[object] | np.ndarray, n: int, what: str) -> np.ndarray:
@@ -219,5 +275,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_means",
     "cluster_bootstrap_means",
+    "cluster_resample_weights",
+    "hierarchical_bootstrap_ci",
     "paired_bootstrap_ci",
 ]

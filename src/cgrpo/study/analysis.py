@@ -6,7 +6,7 @@ of an arm is a matrix ``scores[s, i]``: seed ``s``, held-out item ``i``; items b
 clusters (the toy identity, the DreamBench subject).
 
 Uncertainty has three sources, and the interval resamples all three
-(:func:`hierarchical_bootstrap`): the seeds (training randomness), the clusters (which
+(:func:`cgrpo.evaluation.stats.hierarchical_bootstrap_ci`): the seeds (training randomness), the clusters (which
 subjects happen to be held out) and the items within a cluster (which prompts). Differences
 between arms are *paired*: the same seed gives both arms the same data order and initial
 noise, and both arms are scored on the same items, so ``arm[s, i] - baseline[s, i]`` is
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cgrpo.evaluation.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Estimate
+from cgrpo.evaluation.stats import DEFAULT_RESAMPLES, Estimate, hierarchical_bootstrap_ci
 from cgrpo.study.runner import run_dir, run_finished
 from cgrpo.study.spec import StudyConfig, StudyRun, plan_runs
 
@@ -33,7 +33,6 @@ __all__ = [
     "ArmData",
     "StudyResults",
     "arm_table",
-    "hierarchical_bootstrap",
     "load_study_results",
     "paired_table",
     "training_curves",
@@ -41,57 +40,6 @@ __all__ = [
 
 ALL_KINDS = "all"
 """The pseudo prompt kind that selects every item."""
-
-
-def _cluster_weights(clusters: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """``[resamples, I]`` item weights (summing to 1 per row) of a two-level bootstrap:
-    draw clusters with replacement, then items within each drawn cluster."""
-    labels, inverse = np.unique(clusters, return_inverse=True)
-    n_items = len(clusters)
-    counts = np.zeros((resamples, n_items))
-    picked = rng.multinomial(len(labels), np.full(len(labels), 1.0 / len(labels)), resamples)
-    for c in range(len(labels)):
-        members = np.flatnonzero(inverse == c)
-        draws = picked[:, c] * len(members)  # a cluster drawn k times: k x its size items
-        counts[:, members] = rng.multinomial(draws, np.full(len(members), 1.0 / len(members)))
-    total = counts.sum(axis=1, keepdims=True)
-    return counts / np.maximum(total, 1)
-
-
-def hierarchical_bootstrap(
-    scores: np.ndarray,
-    clusters: Sequence[Any],
-    *,
-    resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
-) -> Estimate:
-    """Mean over seeds of the mean over items, with a seeds x clusters x items bootstrap CI.
-
-    Args:
-        scores: ``[S, I]``: seed ``s``'s score on item ``i`` (or a paired difference).
-        clusters: ``I`` cluster labels (items of one subject / identity share a label).
-
-    Each resample draws S seeds with replacement, then clusters with replacement and
-    items within the drawn clusters; the interval is the percentile interval of the
-    resampled means. ``n`` of the result is the number of items.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2 or scores.shape[1] == 0 or scores.shape[0] == 0:
-        raise ValueError(f"scores must be [seeds, items] with both > 0, got {scores.shape}")
-    if len(clusters) != scores.shape[1]:
-        raise ValueError(f"{len(clusters)} cluster labels for {scores.shape[1]} items")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores hold NaN or inf")
-    n_seeds, n_items = scores.shape
-    mean = float(scores.mean())
-    rng = np.random.default_rng(seed)
-    seed_w = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), resamples) / n_seeds
-    item_w = _cluster_weights(np.asarray(clusters), resamples, rng)
-    stats = np.einsum("bs,si,bi->b", seed_w, scores, item_w)
-    alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
-    return Estimate(mean, float(low), float(high), n_items, confidence)
 
 
 @dataclass
@@ -212,7 +160,7 @@ def arm_table(
                 kind,
                 0,
                 {
-                    m: hierarchical_bootstrap(
+                    m: hierarchical_bootstrap_ci(
                         results.base[m][None, mask], clusters, resamples=resamples, seed=seed
                     )
                     for m in results.metrics
@@ -226,7 +174,7 @@ def arm_table(
                     kind,
                     len(arm.seeds),
                     {
-                        m: hierarchical_bootstrap(
+                        m: hierarchical_bootstrap_ci(
                             arm.after[m][:, mask], clusters, resamples=resamples, seed=seed
                         )
                         for m in results.metrics
@@ -266,7 +214,7 @@ def paired_table(
                     kind,
                     len(shared),
                     {
-                        m: hierarchical_bootstrap(
+                        m: hierarchical_bootstrap_ci(
                             arm.after[m][ia][:, mask] - ref.after[m][ib][:, mask],
                             clusters,
                             resamples=resamples,
