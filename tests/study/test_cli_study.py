@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -50,7 +51,11 @@ def test_quick_study_runs_resumes_and_reports(tmp_path):
     for name in ("pareto.png", "curves.png", "grids/compare.png", "grids/naive.png"):
         assert (out / name).stat().st_size > 1000, name
     html = (out / "report" / "report.html").read_text()
-    assert "Difference to naive" in html and "pareto.png" in html
+    assert "Difference to naive" in html and "src='../pareto.png'" in html
+    sources = re.findall(r"<img[^>]* src='([^']+)'", html)
+    assert len(sources) >= 4
+    for src in sources:  # every image the page shows exists where the page looks
+        assert src.startswith("data:") or (out / "report" / src).is_file(), src
     assert "| naive | property | 2 |" in first.stdout
 
     # finished runs are skipped: nothing retrains, the report is rebuilt

@@ -148,8 +148,10 @@ def render_report(
     pareto: Path | None,
     grids: dict[str, dict[str, Path]],
     embed_images: bool = False,
+    intro_html: str = "",
 ) -> str:
-    """The report page as a string (see module docstring)."""
+    """The report page as a string (see module docstring); ``intro_html`` (sections a caller
+    built, e.g. a study's tables) opens the page's main part."""
     out_dir = Path(out_dir)
     first = runs[0].summary
     n_pairs = max(r.summary.n_pairs for r in runs)
@@ -159,7 +161,10 @@ def render_report(
         f"{int(round(first.confidence * 100))}% bootstrap CI ({first.resamples} resamples of "
         "subjects, then of pairs within them)"
     )
-    body = [f"<header><h1>{escape(title)}</h1><p class='sub'>{escape(sub)}</p></header><main>"]
+    body = [
+        f"<header><h1>{escape(title)}</h1><p class='sub'>{escape(sub)}</p></header><main>",
+        intro_html,
+    ]
 
     cards = []
     for i, r in enumerate(runs):

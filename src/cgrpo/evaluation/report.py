@@ -200,6 +200,7 @@ def build_report(
     grids: bool = True,
     grid_seed: int = 0,
     embed_images: bool = False,
+    intro_html: str = "",
 ) -> dict[str, Path]:
     """Write every report file for ``runs`` into ``out_dir`` (see module docstring).
 
@@ -294,6 +295,7 @@ def build_report(
         pareto=files.get("pareto"),
         grids=grid_paths,
         embed_images=embed_images,
+        intro_html=intro_html,
     )
     files["html"] = out_dir / "report.html"
     files["html"].write_text(html, encoding="utf-8")

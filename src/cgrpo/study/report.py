@@ -17,6 +17,7 @@ Files written into the study directory:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -127,9 +128,15 @@ def _seed_mean_records(results: StudyResults, arm: str | None) -> list[dict[str,
     return out
 
 
+def _relative(path: Path, page_dir: Path) -> str:
+    return escape(Path(os.path.relpath(path, page_dir)).as_posix())
+
+
 def _html_sections(
-    study: StudyConfig, markdown_tables: dict[str, str], files: dict[str, Path], out: Path
+    study: StudyConfig, markdown_tables: dict[str, str], files: dict[str, Path], page_dir: Path
 ) -> str:
+    """The study's own sections of report.html (tables, figures), linked from ``page_dir``."""
+
     def md_to_html(table: str) -> str:
         lines = [ln for ln in table.splitlines() if ln.strip()]
         head = [c.strip() for c in lines[0].strip("|").split("|")]
@@ -169,12 +176,12 @@ def _html_sections(
         if name in files:
             parts.append(
                 f"<section><h2>{caption}</h2><figure><img src='"
-                f"{escape(files[name].relative_to(out).as_posix())}'></figure></section>"
+                f"{_relative(files[name], page_dir)}'></figure></section>"
             )
     grids = [p for k, p in files.items() if k.startswith("grid_")]
     if grids:
         figures = "".join(
-            f"<figure><img loading='lazy' src='{escape(p.relative_to(out).as_posix())}'>"
+            f"<figure><img loading='lazy' src='{_relative(p, page_dir)}'>"
             f"<figcaption>{escape(p.stem)}</figcaption></figure>"
             for p in grids
         )
@@ -278,17 +285,13 @@ def build_study_report(
             RunResults(label, out, records, {"seeds": "mean over seeds"}, summarize(records))
         )
     report_dir = out / "report"
-    written = build_report(
+    files["html"] = build_report(
         page_runs,
         report_dir,
         x_metric=axes[0] if axes else None,
         y_metric=axes[1] if axes else None,
         title=f"cgrpo study: {', '.join(results.arms)}",
         grids=False,
-    )
-    html = written["html"].read_text(encoding="utf-8")
-    sections = _html_sections(study, tables, files, out)
-    html = html.replace("<main>", "<main>" + sections.replace("src='", "src='../"), 1)
-    files["html"] = report_dir / "report.html"
-    files["html"].write_text(html, encoding="utf-8")
+        intro_html=_html_sections(study, tables, files, report_dir),
+    )["html"]
     return StudySummary(markdown, files)
