@@ -23,7 +23,7 @@ demo: setup
 
 # The synergy study (docs/STUDY.md): naive GRPO vs SARS, TDW and SARS + TDW, several seeds.
 study: setup
-	$(VENV)/bin/cgrpo study --study configs/study.yaml --out runs/study --jobs 2
+	$(VENV)/bin/cgrpo study --study configs/study/toy.yaml --out runs/study --jobs 2
 
 test: setup
 	$(PY) -m ruff check src tests benchmarks

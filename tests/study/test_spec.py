@@ -21,7 +21,7 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_repo_study_file_has_the_four_arms_of_the_issue():
-    study = load_study(REPO / "configs" / "study.yaml")
+    study = load_study(REPO / "configs" / "study" / "toy.yaml")
     assert set(study.arms) >= {"naive", "sars", "tdw", "sars+tdw"}
     assert study.reference_arm == "naive"
     assert len(study.seeds) >= 3

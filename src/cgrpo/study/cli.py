@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cgrpo.config import ConfigError
 
-DEFAULT_STUDY = Path("configs/study.yaml")
+DEFAULT_STUDY = Path("configs/study/toy.yaml")
 
 EPILOG = """\
 A study trains the base config of the study file once per (arm, seed) and compares the arms
@@ -18,7 +18,7 @@ report.html, all under --out. Re-running the same command skips finished runs an
 interrupted ones.
 
 examples:
-  cgrpo study                                   # configs/study.yaml into runs/study
+  cgrpo study                                   # configs/study/toy.yaml into runs/study
   cgrpo study --jobs 2 --out runs/study         # two runs at a time (one core each here)
   cgrpo study --quick --out /tmp/s              # the machinery in a minute, no effect sizes
   cgrpo study --arms naive,sars+tdw --seeds 0,1,2,3,4

@@ -6,9 +6,9 @@ per seed, and compares the arms on held-out items. Every run is an ordinary ``cg
 run directory, so anything a run can do (another backend, other rewards, several GPUs through
 ``launcher``) a study can do too.
 
-Study files are YAML (``configs/study.yaml``)::
+Study files are YAML (``configs/study/toy.yaml``)::
 
-    base: toy.yaml                 # training preset; relative paths: from this file
+    base: ../toy.yaml              # training preset; relative paths: from this file
     overrides: [train.steps=120]   # applied to every run
     baseline: naive                # the arm the others are compared with
     seeds: [0, 1, 2]
