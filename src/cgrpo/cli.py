@@ -14,9 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cgrpo import __version__
 from cgrpo.config.schema import ConfigError
+
+if TYPE_CHECKING:
+    from cgrpo.training.signals import StopSignals
 
 TRAIN_EPILOG = """\
 overrides: any config field as dotted key=value (values are YAML), e.g.
@@ -52,9 +56,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from cgrpo.training.signals import StopSignals, exit_code
 
-    with StopSignals():  # SIGTERM behaves like Ctrl-C from here on
+    with StopSignals() as signals:  # SIGTERM behaves like Ctrl-C from here on
         try:
-            return _train(args)
+            return _train(args, signals)
         except KeyboardInterrupt as e:  # before the trainer could save anything
             print(
                 f"cgrpo: interrupted ({getattr(e, 'name', 'SIGINT')}) during start-up, "
@@ -64,7 +68,7 @@ def _run_train(args: argparse.Namespace) -> int:
             return exit_code(e)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, signals: StopSignals) -> int:
     from cgrpo.config.train import load_config
     from cgrpo.evaluation.heldout import held_out_table
     from cgrpo.rewards.base import RewardFailure
@@ -73,26 +77,22 @@ def _train(args: argparse.Namespace) -> int:
 
     fault_point("startup")
     if args.resume:
-        if args.config:
-            raise ConfigError(
-                "--config",
-                str(args.config),
-                "not allowed with --resume "
-                "(the run's saved config is used; pass overrides instead)",
-            )
+        for flag, given in (("--config", args.config), ("--output", args.output)):
+            if given:
+                raise ConfigError(
+                    flag,
+                    str(given),
+                    "not allowed with --resume (the run continues in its own directory "
+                    "with its saved config; pass overrides instead)",
+                )
+        if not (args.resume / "config.yaml").is_file():
+            raise ConfigError("--resume", str(args.resume), "not a run directory (no config.yaml)")
         config = load_config(args.resume / "config.yaml", args.overrides)
         run_dir = args.resume
     else:
         config = load_config(args.config, args.overrides)
         name = args.config.stem if args.config else "default"
         run_dir = args.output or Path("runs") / name
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-            raise ConfigError(
-                "--output",
-                str(run_dir),
-                "already holds a run; use --resume "
-                f"{run_dir} to continue it or pick another --output",
-            )
     try:
         trainer = Trainer(config, run_dir, resume=bool(args.resume))
     except RewardFailure as e:  # e.g. a reward server that is down at start
@@ -104,6 +104,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"cgrpo: {e}", file=sys.stderr)
         return e.exit_code
     finally:
+        signals.defer = True  # the run is saved; a late signal only waits for the exit
         trainer.close()
     if trainer.is_main:
         table = held_out_table(run_dir)
@@ -147,18 +148,34 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_sample)
 
 
+#: Seeds feed torch.Generator.manual_seed, which takes 64-bit values; image i uses seed + i.
+MAX_SEED = 2**63 - 1
+
+
+def _check_sample_args(args: argparse.Namespace) -> None:
+    for prompt in args.prompt:
+        if not prompt.strip():
+            raise ConfigError("--prompt", prompt, "must not be empty")
+    for flag, value in (("--num-images", args.num_images), ("--num-steps", args.num_steps)):
+        if value < 1:
+            raise ConfigError(flag, value, "must be >= 1")
+    last = MAX_SEED - len(args.prompt) * args.num_images + 1
+    if not 0 <= args.seed <= last:
+        raise ConfigError("--seed", args.seed, f"must be between 0 and {last}")
+
+
 def _run_sample(args: argparse.Namespace) -> int:
+    _check_sample_args(args)
     import torch
 
     from cgrpo.config.train import load_config
     from cgrpo.data.base import load_image
     from cgrpo.sampling import generate
     from cgrpo.training.logging import to_pil
+    from cgrpo.training.rundir import check_output_path
     from cgrpo.training.runs import build_policy_from_config, load_run_policy
 
-    for prompt in args.prompt:
-        if not prompt.strip():
-            raise ConfigError("--prompt", prompt, "must not be empty")
+    check_output_path(args.out, "--out")
     refs = [load_image(p, "reference image") for p in args.reference]
     size = refs[0].shape[1:]
     if any(r.shape[1:] != size for r in refs):

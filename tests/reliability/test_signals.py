@@ -15,12 +15,12 @@ import time
 
 import pytest
 import torch
+from reliability_helpers import one_line
 
 from cgrpo.cli import main
 from cgrpo.training import Interrupted, Trainer
 from cgrpo.training.checkpoint import checkpoint_step, latest_checkpoint
 from cgrpo.training.faults import ENV
-from conftest import one_line
 
 SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
 # (fault point, step of the checkpoint the stop leaves; None: stopped before training)

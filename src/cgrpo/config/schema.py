@@ -9,6 +9,7 @@ a dataclass, checking unknown keys, types, bounds and choices, and raising
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -111,15 +112,20 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
         raise ConfigError(key, value, "expected an integer")
     if tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads "2e-5" (no dot) as a string; users mean the number
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(key, value, "expected a number")
+        if number is None:
+            raise ConfigError(key, value, "expected a number")
+        if not math.isfinite(number):  # .nan / .inf would train silently on NaN
+            raise ConfigError(key, value, "expected a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

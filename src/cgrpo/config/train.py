@@ -330,7 +330,12 @@ def read_yaml(path: str | Path, flag: str = "--config") -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(flag, str(path), "file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            "--config", str(path), f"not UTF-8 text (byte {e.object[e.start]:#04x} on line {line})"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(flag, str(path), f"not valid YAML ({e})".replace("\n", " ")) from None
     if not isinstance(data, dict):

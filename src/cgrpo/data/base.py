@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from cgrpo.image_io import pil_to_array, read_image
 from cgrpo.registry import Registry
 
 
@@ -47,11 +48,12 @@ def build_dataset(name: str, options: dict[str, Any] | None = None, split: str =
 
 
 def image_to_tensor(image: Any) -> torch.Tensor:
-    """A PIL image or ``[H, W, 3]`` uint8 array -> ``[3, H, W]`` float32 in [0, 1] (RGB)."""
+    """A PIL image (any mode, see :mod:`cgrpo.image_io`) or ``[H, W, 3]`` uint8 array ->
+    ``[3, H, W]`` float32 in [0, 1] (RGB)."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        return torch.from_numpy(pil_to_array(image)).permute(2, 0, 1)
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
@@ -63,14 +65,6 @@ def image_to_tensor(image: Any) -> torch.Tensor:
 
 
 def load_image(path: str | Path, what: str = "image") -> torch.Tensor:
-    """Read an image file of any mode as ``[3, H, W]`` float RGB; clear error naming the path."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return image_to_tensor(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{what} {path} is not a readable image: {e}") from None
+    """Read an image file of any mode as ``[3, H, W]`` float RGB (:func:`cgrpo.image_io.read_image`:
+    pixel limit, 16-bit, transparency); errors name ``what`` and the path."""
+    return torch.from_numpy(read_image(path, what)).permute(2, 0, 1)

@@ -114,10 +114,13 @@ def _safe(name: str) -> str:
 
 
 def _open_image(path: Path):
+    import numpy as np
     from PIL import Image
 
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    from cgrpo.image_io import read_image
+
+    pixels = read_image(path, "image")
+    return Image.fromarray(np.round(pixels * 255).astype(np.uint8))
 
 
 def reference_image(run: RunResults, subject: str, records: Sequence[dict[str, Any]]):

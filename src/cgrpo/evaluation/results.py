@@ -55,23 +55,38 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         path = path / RECORDS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no evaluation results at {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().splitlines()
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             if number == len(lines):
                 break
             raise ValueError(f"{path}:{number}: not a JSON record ({e})") from None
         if not isinstance(record, dict) or "key" not in record or "seed" not in record:
             raise ValueError(f"{path}:{number}: a record needs 'key' and 'seed'")
+        scores = record.get("scores", {})
+        bad = (
+            [(k, v) for k, v in scores.items() if not _is_score(v)]
+            if isinstance(scores, dict)
+            else [("scores", scores)]
+        )
+        if bad:
+            raise ValueError(
+                f"{path}:{number}: score {bad[0][0]!r} = {bad[0][1]!r} is not a number"
+            )
         record.setdefault("scores", {})
         record.setdefault("info", {})
         records.append(record)
     return records
+
+
+def _is_score(value: Any) -> bool:
+    """A number or null (a metric that could not be computed for this pair)."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def write_csv(records: Sequence[dict[str, Any]], path: str | Path) -> None:

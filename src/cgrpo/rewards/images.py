@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cgrpo.image_io import read_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -230,15 +232,9 @@ def encode_png(image: torch.Tensor) -> bytes:
 
 
 def decode_png(data: bytes, mode: str = "RGB", what: str = "image") -> torch.Tensor:
-    """Encoded image bytes of any mode -> ``[3, H, W]`` (mode "RGB") or ``[1, H, W]`` ("L")."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.array(im.convert(mode))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{what} is not a readable image: {e}") from None
-    t = torch.from_numpy(arr).float().div(255)
+    """Encoded image bytes of any mode -> ``[3, H, W]`` (mode "RGB") or ``[1, H, W]`` ("L"),
+    read by :func:`cgrpo.image_io.read_image` (pixel limit, 16-bit, transparency)."""
+    t = torch.from_numpy(read_image(data, what, mode))
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,17 +14,24 @@ import torch
 
 from cgrpo.training.faults import fault_point
 
+log = logging.getLogger("cgrpo.train")
+
 
 class MetricsWriter:
     """Appends one JSON line per logged step and mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, tensorboard: bool = True, resumed_at: int | None = None
+    ) -> None:
+        """``resumed_at``: the step a resumed run continues from (TensorBoard then hides
+        what an earlier attempt logged after it)."""
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            purge = None if resumed_at is None else resumed_at + 1
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=purge)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -37,14 +45,29 @@ class MetricsWriter:
             self._tb.flush()
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines past ``step`` (a resumed run rewrites the steps after its checkpoint)."""
+        """Drop lines past ``step`` (a resumed run rewrites the steps after its checkpoint).
+
+        A torn last line (a kill mid-append) is dropped with a warning; any other line
+        that is not JSON is an error naming the file and line.
+        """
         if not self.path.is_file():
             return
-        keep = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        keep = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                if number == len(lines):
+                    log.warning("%s: dropping a torn last line (%d): %s", self.path, number, e)
+                    continue
+                raise ValueError(f"{self.path}:{number}: not a JSON line ({e})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError(f"{self.path}:{number}: a metrics line needs an integer 'step'")
+            if row["step"] <= step:
+                keep.append(line)
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def close(self) -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 import torch
 
+from cgrpo.config.schema import ConfigError
+from cgrpo.config.train import SamplingConfig
 from cgrpo.data.base import Example
 from cgrpo.policies.base import Condition
 from cgrpo.rewards.base import RewardBatch, ScoreRequest
@@ -61,3 +65,34 @@ class Advantages:
     combined: torch.Tensor
     weights: torch.Tensor
     rewards: RewardBatch
+
+
+def rollout_bytes(samples: int, num_steps: int, latent_shape: tuple[int, ...]) -> int:
+    """A lower bound on the memory of one step's rollout: every sample keeps its N + 1
+    float32 latents, and stacking them into the trajectory makes a second copy."""
+    return 2 * samples * (num_steps + 1) * math.prod(latent_shape) * 4
+
+
+def memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device`` (the GPU's, or the machine's RAM for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_rollout_fits(
+    sampling: SamplingConfig, latent_shape: tuple[int, ...], available: int
+) -> None:
+    """ConfigError naming ``sampling.group_size`` when a step's rollout cannot fit."""
+    samples = sampling.group_size * sampling.groups_per_step
+    need = rollout_bytes(samples, sampling.num_steps, latent_shape)
+    if need > available:
+        raise ConfigError(
+            "sampling.group_size",
+            sampling.group_size,
+            f"{samples} samples per step ({sampling.groups_per_step} groups of "
+            f"{sampling.group_size}) keep {sampling.num_steps + 1} latents of "
+            f"{math.prod(latent_shape)} values each: at least {need / 2**30:.1f} GiB, more "
+            f"than the {available / 2**30:.1f} GiB of memory here; lower "
+            "sampling.group_size or sampling.groups_per_step",
+        )

@@ -69,8 +69,8 @@ def load_run_policy(
     """The run's resolved config and its policy with the trained adapter loaded."""
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
+    path = adapter_path(run_dir, checkpoint)  # verified before the model is built
     policy = build_policy_from_config(config, device, with_lora=True)
-    path = adapter_path(run_dir, checkpoint)
     try:
         policy.load_adapter(path)
     except SafetensorError as e:

@@ -2,7 +2,7 @@
 
 The trainer turns a stop signal into :class:`Interrupted` and a fault it can name -- a
 reward that cannot score (:class:`~cgrpo.rewards.base.RewardFailure`), a time-out, a full
-disk -- into :class:`TrainingFailed`, both after saving a checkpoint of the completed
+disk, a bad input met mid-run -- into :class:`TrainingFailed`, both after saving a checkpoint of the completed
 steps where it can. ``str(e)`` is the whole message: where it stopped, why, what was saved
 and the command that continues the run.
 """
@@ -40,14 +40,21 @@ def is_disk_full(error: BaseException) -> bool:
 
 
 def failure_cause(error: BaseException) -> str | None:
-    """One line naming a fault a user can act on, or None for anything else (a bug)."""
-    if isinstance(error, RewardFailure):
-        return str(error)
+    """One line naming a fault a user can act on, or None for anything else (a bug).
+
+    Besides reward failures, time-outs and full disks, that is what the command line
+    reports as one line anyway: bad values or files (``ValueError``, ``OSError``), such
+    as an unreadable image met in the middle of a run.
+    """
     if isinstance(error, TimeoutError):
-        return f"timed out ({error})"
-    if is_disk_full(error):
-        return f"disk full ({error})"
-    return None
+        cause = f"timed out ({error})"
+    elif is_disk_full(error):
+        cause = f"disk full ({error})"
+    elif isinstance(error, RewardFailure | ValueError | OSError):
+        cause = str(error)
+    else:
+        return None
+    return " ".join(cause.split())
 
 
 def resume_command(run_dir: object) -> str:

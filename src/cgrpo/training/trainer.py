@@ -26,16 +26,17 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cgrpo.config.schema import ConfigError
-from cgrpo.config.train import Config, RewardSpec, save_config
+from cgrpo.config.train import Config, RewardSpec, load_config, save_config
 from cgrpo.data.base import Example, build_dataset
 from cgrpo.evaluation.harness import PolicyEvaluation
 from cgrpo.evaluation.heldout import (
@@ -68,7 +69,13 @@ from cgrpo.training.checkpoint import (
 )
 from cgrpo.training.faults import fault_point
 from cgrpo.training.logging import MetricsWriter, group_grid
-from cgrpo.training.rollout import Advantages, Rollout
+from cgrpo.training.rollout import Advantages, Rollout, check_rollout_fits, memory_bytes
+from cgrpo.training.rundir import (
+    check_resume_compatible,
+    claim_for_new_run,
+    mark_run_dir,
+    start_run_dir,
+)
 from cgrpo.training.runs import build_policy_from_config
 from cgrpo.training.signals import StopRequested, StopSignals, exit_code
 from cgrpo.training.stopping import (
@@ -211,11 +218,21 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         cfg = self.config
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+        if self._resume:  # nothing is written before the config is checked against it
+            candidates = intact_checkpoints(self.run_dir)
+            newest = next(candidates, None)
+            if newest is not None:
+                check_resume_compatible(load_config(newest / "config.yaml"), cfg)
+        else:
+            restart = claim_for_new_run(self.run_dir)
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         self.policy: Policy = build_policy_from_config(cfg, self.device, with_lora=True)
+        check_rollout_fits(cfg.sampling, self.policy.latent_shape(), memory_bytes(self.device))
+        if not self._resume:
+            self.accelerator.wait_for_everyone()  # every process checked before any write
+            if self.is_main:
+                start_run_dir(self.run_dir, restart)
+                save_config(cfg, self.run_dir / "config.yaml")
         self.dataset = build_dataset(cfg.data.name, cfg.data.options, "train")
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {cfg.data.name!r} has no examples")
@@ -248,23 +265,36 @@ class Trainer:
         )
         self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
         if self._resume:
-            self._load_latest_checkpoint()
+            self._load_checkpoint(chain([newest], candidates) if newest else ())
+            if self.is_main:
+                mark_run_dir(self.run_dir)
+                save_config(cfg, self.run_dir / "config.yaml")
         self.metrics = (
-            MetricsWriter(self.run_dir, cfg.logging.tensorboard) if self.is_main else None
+            MetricsWriter(
+                self.run_dir, cfg.logging.tensorboard, self.step if self._resume else None
+            )
+            if self.is_main
+            else None
         )
         if self.metrics is not None and self._resume:
             self.metrics.truncate_after(self.step)
         fault_point("setup")
 
-    def _load_latest_checkpoint(self) -> None:
-        """Resume from the newest intact checkpoint (damaged ones are skipped with a
-        warning; one without a manifest that fails to load counts as damaged)."""
-        for path in intact_checkpoints(self.run_dir):
+    def _load_checkpoint(self, candidates: Iterable[Path]) -> None:
+        """Resume from the first of the intact ``candidates`` (newest first) that loads; one
+        without a manifest that fails to load counts as damaged."""
+        for path in candidates:
+            check_resume_compatible(load_config(path / "config.yaml"), self.config)
             try:
                 self.step = load_checkpoint(path, self.policy, self.optimizer, self.scheduler)
             except Exception as e:
                 if (path / MANIFEST).is_file():
-                    raise ValueError(f"checkpoint {path} cannot be loaded: {e}") from None
+                    detail = " ".join(str(e).split())[:300]
+                    raise ConfigError(
+                        "model",
+                        self.config.model.backend,
+                        f"checkpoint {path.name} does not fit this model ({detail})",
+                    ) from None
                 log.warning("skipping unreadable checkpoint %s: %s", path.name, e)
                 continue
             self._saved = (self.step, path)

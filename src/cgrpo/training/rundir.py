@@ -1,0 +1,131 @@
+"""Run directories: where a new run may write, and what a resumed run may change.
+
+A run marks its directory with ``run.json`` before writing anything else. ``cgrpo train``
+writes a new run only into a new or empty directory, or into one of its own runs that
+stopped before its first checkpoint, which starts again cleanly (its outputs are removed,
+so ``metrics.jsonl`` never mixes two runs). A directory with files it did not write (an
+evaluation folder, anything else) or with checkpoints (use ``--resume``) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from cgrpo import __version__
+from cgrpo.config.schema import ConfigError
+from cgrpo.config.train import Config
+from cgrpo.training.checkpoint import list_checkpoints
+
+log = logging.getLogger("cgrpo.train")
+
+MARKER = "run.json"
+#: What a run writes into its directory (removed when a run restarts from step 0).
+RUN_OUTPUTS = (
+    "config.yaml",
+    "metrics.jsonl",
+    "tensorboard",
+    "samples",
+    "checkpoints",
+    "final",
+    "heldout",
+    "eval_before.json",
+    "eval_after.json",
+    "before_after.png",
+    "summary.md",
+)
+#: Fields a resumed run must keep: they shape the adapter or what it was trained for.
+FIXED_ON_RESUME = ("model.backend", "model.lora.rank", "model.lora.alpha", "model.lora.targets")
+
+
+def check_output_path(path: Path, flag: str) -> None:
+    """ConfigError if ``path`` is an existing file or lies below one."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            where = "is a file" if part == path else f"lies below the file {part}"
+            raise ConfigError(flag, str(path), f"{where}; a directory is needed")
+
+
+def claim_for_new_run(run_dir: Path) -> bool:
+    """Check that a new run may write into ``run_dir`` (ConfigError if not); True when it
+    holds an earlier attempt of a run, stopped before its first checkpoint, to replace.
+    Reads only: several processes may call it before the main one writes."""
+    run_dir = Path(run_dir)
+    check_output_path(run_dir, "--output")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return False
+    if list_checkpoints(run_dir):
+        raise ConfigError(
+            "--output",
+            str(run_dir),
+            f"already holds a run; continue it with --resume {run_dir} or pick another --output",
+        )
+    if not (run_dir / MARKER).is_file():
+        names = sorted(p.name for p in run_dir.iterdir())
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise ConfigError(
+            "--output",
+            str(run_dir),
+            f"holds files cgrpo train did not write ({shown}); pick a new or empty directory",
+        )
+    return True
+
+
+def start_run_dir(run_dir: Path, restart: bool) -> None:
+    """Create (or, with ``restart``, clear the outputs of) the directory and mark it."""
+    run_dir = Path(run_dir)
+    if restart:
+        log.warning(
+            "%s holds a run stopped before its first checkpoint; starting it again from step 0",
+            run_dir,
+        )
+        for name in RUN_OUTPUTS:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mark_run_dir(run_dir)
+
+
+def mark_run_dir(run_dir: Path) -> None:
+    marker = Path(run_dir) / MARKER
+    if not marker.is_file():
+        marker.write_text(json.dumps({"cgrpo": __version__, "created": time.time()}) + "\n")
+
+
+def _field(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_resume_compatible(saved: Config, new: Config) -> None:
+    """ConfigError naming the first field ``new`` changes that a resumed run must keep."""
+    for key in FIXED_ON_RESUME:
+        before, after = _field(saved, key), _field(new, key)
+        if before != after:
+            raise ConfigError(
+                key, after, f"the checkpoint was trained with {before!r}; a resume cannot change it"
+            )
+
+    def trained(config: Config) -> list[str]:
+        return [
+            f"{r.name}:{r.role}" + (f":{r.column}" if r.column else "")
+            for r in config.trained_rewards
+        ]
+
+    if trained(saved) != trained(new):
+        raise ConfigError(
+            "rewards",
+            trained(new),
+            f"the checkpoint was trained with {trained(saved)}; a resume cannot change the "
+            "trained rewards (monitors may change)",
+        )
