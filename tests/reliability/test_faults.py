@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from reliability_helpers import bomb_png
 
 from cgrpo.training import Trainer, TrainingFailed
 from cgrpo.training.checkpoint import checkpoint_step, latest_checkpoint
@@ -97,3 +98,17 @@ def test_a_full_disk_while_checkpointing_names_the_last_good_checkpoint(
         f"continue with: cgrpo train --resume {run}"
     )
     assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def test_an_image_over_the_pixel_limit_met_mid_run(tiny_config, tmp_path):
+    (tmp_path / "bomb.png").write_bytes(bomb_png(15000, 15000))
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"prompt": "a toy on a table", "references": ["bomb.png"]}) + "\n")
+    run = tmp_path / "run"
+    config = tiny_config("data.name=jsonl", f"data.options={{path: {data}}}")
+    with pytest.raises(TrainingFailed) as info:
+        Trainer(config, run).train()
+    message = str(info.value)
+    assert message.startswith("training stopped at step 0 of 3, during training: jsonl ")
+    assert f"reference image {tmp_path / 'bomb.png'} is over the pixel limit" in message
+    assert "\n" not in message and message.endswith(f"cgrpo train --resume {run}")

@@ -4,33 +4,18 @@ palette, greyscale and transparent images read as they look."""
 from __future__ import annotations
 
 import io
-import struct
-import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reliability_helpers import bomb_png
 
+import cgrpo
 from cgrpo.data.base import image_to_tensor, load_image
 from cgrpo.image_io import MAX_PIXELS, read_image
 from cgrpo.rewards.images import decode_png, encode_png
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that declares ``width x height`` but holds almost no data (a bomb's header)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 def saved(image: Image.Image, path, **kwargs):
@@ -94,7 +79,7 @@ def test_eight_bit_images_read_exactly_as_before(tmp_path):
 @pytest.mark.parametrize("side", [9000, 15000])  # over our limit; over PIL's own as well
 def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, side):
     path = tmp_path / "bomb.png"
-    path.write_bytes(png_header_only(side, side))
+    path.write_bytes(bomb_png(side, side))
     with pytest.raises(ValueError, match=r"reference image .*bomb\.png is .*(over|exceeds)"):
         load_image(path, "reference image")
     with pytest.raises(ValueError, match=r"^images\[3\] is .*(over|exceeds)"):
@@ -104,7 +89,7 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, side):
 
 def test_the_limit_message_names_the_file_and_the_limit(tmp_path):
     path = tmp_path / "wide.png"
-    path.write_bytes(png_header_only(9000, 9000))
+    path.write_bytes(bomb_png(9000, 9000))
     with pytest.raises(ValueError) as info:
         read_image(path, "reference image")
     assert str(info.value) == (
@@ -122,3 +107,14 @@ def test_unreadable_bytes_name_the_source(tmp_path):
         load_image(path)
     with pytest.raises(ValueError, match=r"^references\[0\]\[1\] is not a readable image"):
         decode_png(b"\x00garbage", "RGB", "references[0][1]")
+
+
+def test_every_image_file_is_opened_by_the_one_reader():
+    """No module but cgrpo.image_io decodes images with PIL (so none skips the pixel limit)."""
+    package = Path(cgrpo.__file__).parent
+    openers = [
+        str(p.relative_to(package))
+        for p in sorted(package.rglob("*.py"))
+        if "Image.open(" in p.read_text(encoding="utf-8")
+    ]
+    assert openers == ["image_io.py"]

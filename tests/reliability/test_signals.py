@@ -7,7 +7,6 @@ sends SIGTERM from outside to a separate ``cgrpo train`` process.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 
 import pytest
 import torch
-from reliability_helpers import one_line
+from reliability_helpers import metric_steps, one_line
 
 from cgrpo.cli import main
 from cgrpo.training import Interrupted, Trainer
@@ -31,11 +30,6 @@ STAGES = [
     ("step#2", 1),
     ("eval.after", 3),
 ]
-
-
-def metric_steps(run) -> list[int]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["step"] for line in lines]
 
 
 @pytest.mark.parametrize("name", list(SIGNALS))

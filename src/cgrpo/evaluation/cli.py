@@ -285,24 +285,21 @@ def _report(
     from cgrpo.evaluation.tables import summary_markdown
 
     _positive(args.resamples, "--resamples")
-    try:
-        runs, files = report_runs(
-            paths,
-            out,
-            labels=labels,
-            resamples=args.resamples,
-            ci_seed=args.ci_seed,
-            x_metric=args.x_metric,
-            y_metric=args.y_metric,
-            title=getattr(args, "title", None),
-            grids=not args.no_grids,
-            grid_seed=args.grid_seed,
-            embed_images=args.embed_images,
-        )
-    except ValueError as e:
-        raise ConfigError(
-            "--x-metric/--y-metric", f"{args.x_metric}/{args.y_metric}", str(e)
-        ) from None
+    # a ValueError names its cause itself: an --x-metric/--y-metric that is not scored,
+    # or the file and line of a bad record
+    runs, files = report_runs(
+        paths,
+        out,
+        labels=labels,
+        resamples=args.resamples,
+        ci_seed=args.ci_seed,
+        x_metric=args.x_metric,
+        y_metric=args.y_metric,
+        title=getattr(args, "title", None),
+        grids=not args.no_grids,
+        grid_seed=args.grid_seed,
+        embed_images=args.embed_images,
+    )
     if len(runs) == 1:
         text = summary_markdown(runs[0].summary, runs[0].label)
         print(text.split("## By prompt kind")[0].rstrip())
