@@ -14,12 +14,12 @@ import socket
 from pathlib import Path
 
 import pytest
+from reliability_helpers import one_line
 
 from cgrpo.cli import main
 from cgrpo.rewards import build_reward
 from cgrpo.rewards.server import RewardServer, listen
 from cgrpo.training.checkpoint import checkpoint_step, latest_checkpoint
-from conftest import one_line
 
 # A monitored column beside the two toy rewards that train; fails fast when it fails.
 FAST = "timeout: 2, retries: 1, backoff: 0.05, deadline: 5"
