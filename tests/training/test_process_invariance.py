@@ -9,7 +9,8 @@ import torch
 
 from cgrpo.sampling import initial_noise, sample_trajectory
 from cgrpo.training import Trainer
-from cgrpo.training.trainer import generator_for, stratified_minibatches
+from cgrpo.training.seeds import generator_for
+from cgrpo.training.update import stratified_minibatches
 
 
 def lrs(run_dir) -> list[float]:
