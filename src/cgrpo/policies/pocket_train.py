@@ -71,14 +71,14 @@ class PretrainOptions:
     out: str = option(
         str(ASSET_PATH), "where to write the weights; the JSON sidecar goes next to it"
     )
-    steps: int = option(5000, "optimizer steps", min=1)
+    steps: int = option(10000, "optimizer steps", min=1)
     batch_size: int = option(32, "triplets per step", min=1)
     lr: float = option(1e-3, "AdamW peak learning rate", min=0.0, min_exclusive=True)
     weight_decay: float = option(0.01, "AdamW weight decay", min=0.0)
-    warmup_steps: int = option(100, "linear warm-up steps, then cosine decay to 10% of lr", min=0)
+    warmup_steps: int = option(500, "linear warm-up steps, then cosine decay to 10% of lr", min=0)
     grad_clip: float = option(1.0, "max gradient norm (0 = off)", min=0.0)
     ema_decay: float = option(
-        0.998, "EMA of the weights that gets saved (0 = no EMA)", min=0.0, max=0.99999
+        0.999, "EMA of the weights that gets saved (0 = no EMA)", min=0.0, max=0.99999
     )
     sigma_sampling: str = option(
         "logit-normal",
@@ -86,7 +86,7 @@ class PretrainOptions:
         choices=("logit-normal", "uniform"),
     )
     property_fraction: float = option(
-        0.05, "share of property-modification prompts", min=0.0, max=1.0
+        0.1, "share of property-modification prompts", min=0.0, max=1.0
     )
     seed: int = option(0, "seed of the data stream, noise and init", min=0)
     init: str = option(
@@ -104,7 +104,7 @@ class PretrainOptions:
         "measured on a busy 2-core CPU",
     )
     max_minutes: float = option(
-        16.0,
+        55.0,
         "wall-clock budget of the training loop (0 = none); the schedule follows "
         "max(step/steps, elapsed/budget), so a slow machine still anneals and stops in time",
         min=0.0,
