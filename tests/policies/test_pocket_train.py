@@ -9,6 +9,7 @@ import torch
 from cgrpo.config import ConfigError
 from cgrpo.policies import build_policy
 from cgrpo.policies.pocket_train import (
+    PretrainOptions,
     flow_matching_loss,
     lr_factor,
     main,
@@ -85,7 +86,9 @@ def test_miniature_run_writes_loadable_weights_and_a_report(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # the caller's setting is restored
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["steps"] == 3 and report["seed"] == 0 and not report["stopped_early"]
-    assert report["recipe"]["property_fraction"] == 0.05
+    assert (
+        report["recipe"]["property_fraction"] == PretrainOptions().property_fraction
+    )  # defaults recorded
     assert report["architecture"]["dim"] == 16
     losses = report["flow_matching_loss"]["heldout_identities"]
     assert set(losses) == {"recontext", "property", "all"}
