@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cgrpo import __version__
 from cgrpo.config.schema import ConfigError
@@ -239,17 +239,26 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_command(
+    sub: argparse._SubParsersAction, name: str, module: Any, help_text: str, description: str
+) -> None:
+    """A subcommand whose options and runner live in ``module`` (``add_arguments``, ``run``)."""
+    p = sub.add_parser(name, help=help_text, description=description)
+    module.add_arguments(p)
+    p.set_defaults(func=module.run)
+
+
 def _add_serve_reward(sub: argparse._SubParsersAction) -> None:
     from cgrpo.rewards import server
 
-    p = sub.add_parser(
+    _add_command(
+        sub,
         "serve-reward",
-        help="serve a registered reward over HTTP (JSON + PNG)",
-        description="Serve any registered reward on 127.0.0.1 (by default) so "
+        server,
+        "serve a registered reward over HTTP (JSON + PNG)",
+        "Serve any registered reward on 127.0.0.1 (by default) so "
         "that training can use it out of process through the `remote` reward.",
     )
-    server.add_arguments(p)
-    p.set_defaults(func=server.run)
 
 
 def _add_evaluation(sub: argparse._SubParsersAction) -> None:
@@ -286,29 +295,29 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
 def _add_segments(sub: argparse._SubParsersAction) -> None:
     from cgrpo.rewards import segment_report
 
-    p = sub.add_parser(
+    _add_command(
+        sub,
         "segments",
-        help="write the masks and cut-outs dino-seg compared, with an overlay grid",
-        description="Segment the items of an evaluation folder (generated images and "
+        segment_report,
+        "write the masks and cut-outs dino-seg compared, with an overlay grid",
+        "Segment the items of an evaluation folder (generated images and "
         "references) or of a config's dataset (references) exactly as the dino-seg reward "
         "does, and write what it compares, the masks, segments.jsonl (sources, mask areas) "
         "and overlay.png to check by eye.",
     )
-    segment_report.add_arguments(p)
-    p.set_defaults(func=segment_report.run)
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
     from cgrpo.study import cli as study_cli
 
-    p = sub.add_parser(
+    _add_command(
+        sub,
         "study",
-        help="compare advantage arms (naive, SARS, TDW, ...) over seeds on held-out items",
-        description="Train one base config under several arms of overrides, several seeds "
+        study_cli,
+        "compare advantage arms (naive, SARS, TDW, ...) over seeds on held-out items",
+        "Train one base config under several arms of overrides, several seeds "
         "each, and compare the arms on held-out items with confidence intervals.",
     )
-    study_cli.add_arguments(p)
-    p.set_defaults(func=study_cli.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
