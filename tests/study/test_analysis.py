@@ -11,7 +11,7 @@ import yaml
 
 from cgrpo.evaluation.results import write_records
 from cgrpo.study import load_study, load_study_results
-from cgrpo.study.analysis import arm_table, paired_table
+from cgrpo.study.analysis import arm_table, change_table, paired_table
 from cgrpo.study.runner import run_dir
 
 
@@ -68,6 +68,11 @@ def test_paired_differences_pair_by_seed_and_item(tmp_path):
     assert row_all.estimates["prompt"].low == pytest.approx(0.1)
     assert row_all.estimates["prompt"].high == pytest.approx(0.1)
     assert row_all.estimates["id"].mean == 0.0
+    (change_b, *_) = [r for r in change_table(results) if r.kind == "all" and r.arm == "b"]
+    after_b = results.arms["b"].after["prompt"]
+    assert change_b.estimates["prompt"].mean == pytest.approx(
+        after_b.mean() - base["prompt"].mean()
+    )
     rows = arm_table(results)
     base_all = next(r for r in rows if r.arm == "base" and r.kind == "all")
     assert base_all.estimates["prompt"].mean == pytest.approx(base["prompt"].mean())

@@ -48,6 +48,7 @@ def test_quick_study_runs_resumes_and_reports(tmp_path):
     metrics = set(summary["per_arm"][0]["metrics"])
     assert {"toy-prompt", "toy-id", "gt-colour", "gt-scene"} <= metrics
     assert [r["arm"] for r in summary["paired"]] == ["sars+tdw"] * len(summary["paired"])
+    assert {r["arm"] for r in summary["change"]} == {"naive", "sars+tdw"}
     for name in ("pareto.png", "curves.png", "grids/compare.png", "grids/naive.png"):
         assert (out / name).stat().st_size > 1000, name
     html = (out / "report" / "report.html").read_text()

@@ -33,6 +33,7 @@ __all__ = [
     "ArmData",
     "StudyResults",
     "arm_table",
+    "change_table",
     "load_study_results",
     "paired_table",
     "training_curves",
@@ -216,6 +217,39 @@ def paired_table(
                     {
                         m: hierarchical_bootstrap_ci(
                             arm.after[m][ia][:, mask] - ref.after[m][ib][:, mask],
+                            clusters,
+                            resamples=resamples,
+                            seed=seed,
+                        )
+                        for m in results.metrics
+                    },
+                )
+            )
+    return rows
+
+
+def change_table(
+    results: StudyResults, *, resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> list[Row]:
+    """Per arm and prompt kind: what training changed, ``after[s, i] - base[i]`` (every run
+    starts from the same base model, scored once), paired by item, with the hierarchical CI.
+
+    This answers "did the arm raise or degrade a reward" (competitive degradation is an arm
+    whose change is below 0 for one reward), which the arms' absolute intervals, wide from
+    item-to-item spread, cannot."""
+    rows = []
+    for kind in results.kind_names:
+        mask = results.kind_mask(kind)
+        clusters = np.array(results.clusters)[mask]
+        for arm in results.arms.values():
+            rows.append(
+                Row(
+                    arm.name,
+                    kind,
+                    len(arm.seeds),
+                    {
+                        m: hierarchical_bootstrap_ci(
+                            arm.after[m][:, mask] - results.base[m][None, mask],
                             clusters,
                             resamples=resamples,
                             seed=seed,

@@ -3,8 +3,9 @@
 Files written into the study directory:
 
 * ``summary.md`` / ``summary.json`` -- per-arm held-out means (mean over seeds, 95% CI
-  over seeds x clusters x items) for every metric and prompt kind, and each arm minus the
-  baseline arm, paired by seed and item;
+  over seeds x clusters x items) for every metric and prompt kind, what training changed
+  (after - base, paired by item), and each arm minus the baseline arm, paired by seed and
+  item;
 * ``pareto.png`` -- identity vs prompt metric: one dot per run, arm means with error bars;
 * ``curves.png`` -- training rewards and conflict rate per arm over the steps;
 * ``grids/compare.png`` (base and every arm's first seed on the same held-out items) and
@@ -28,6 +29,7 @@ from cgrpo.study.analysis import (
     Row,
     StudyResults,
     arm_table,
+    change_table,
     load_study_results,
     paired_table,
     training_curves,
@@ -165,6 +167,10 @@ def _html_sections(
         + md_to_html(markdown_tables["arms"])
         + "</section>"
     ]
+    parts.append(
+        "<section><h2>What training changed (after - base, paired by item; bold: the CI "
+        "excludes 0)</h2>" + md_to_html(markdown_tables["change"]) + "</section>"
+    )
     if markdown_tables.get("paired"):
         parts.append(
             f"<section><h2>Difference to {escape(study.reference_arm)} (paired by seed and "
@@ -200,8 +206,12 @@ def build_study_report(
     results = load_study_results(study, out)
     files: dict[str, Path] = {}
     arms_rows = arm_table(results, resamples=resamples)
+    change_rows = change_table(results, resamples=resamples)
     paired_rows = paired_table(results, study.reference_arm, resamples=resamples)
-    tables = {"arms": rows_markdown(arms_rows, results.metrics)}
+    tables = {
+        "arms": rows_markdown(arms_rows, results.metrics),
+        "change": rows_markdown(change_rows, results.metrics, signed=True),
+    }
     if paired_rows:
         tables["paired"] = rows_markdown(paired_rows, results.metrics, signed=True)
 
@@ -244,6 +254,14 @@ def build_study_report(
     if results.missing:
         md += [f"Not finished (left out): {', '.join(results.missing)}", ""]
     md += ["## Held-out metrics per arm", "", tables["arms"], ""]
+    md += [
+        "## What training changed: after - base (paired by item)",
+        "",
+        "Bold: the 95% CI excludes 0.",
+        "",
+        tables["change"],
+        "",
+    ]
     if "paired" in tables:
         md += [
             f"## Each arm minus `{study.reference_arm}` (paired by seed and item)",
@@ -270,6 +288,7 @@ def build_study_report(
                 "clusters": len(set(results.clusters)),
                 "missing": results.missing,
                 "per_arm": _rows_json(arms_rows),
+                "change": _rows_json(change_rows),
                 "paired": _rows_json(paired_rows),
             },
             indent=2,
