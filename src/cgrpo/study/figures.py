@@ -20,14 +20,16 @@ def arm_colours(arms: Sequence[str]) -> dict[str, str]:
 
 def pareto_study_figure(
     results: StudyResults,
-    rows: Sequence[Row],
+    change_rows: Sequence[Row],
     x: str,
     y: str,
     kinds: Sequence[str],
     path: str | Path,
 ) -> Path:
-    """One panel per prompt kind: a small dot per run, each arm's mean with its CI as
-    error bars, the untrained base as a black star. Higher is better on both axes."""
+    """One panel per prompt kind, in changes from the untrained base (after - base, paired
+    by item; :func:`cgrpo.study.analysis.change_table`): a small dot per run, each arm's
+    mean change with its CI as error bars, the base at the origin. Up and right is better;
+    a point left of 0 lost identity, one below 0 lost prompt following."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -37,22 +39,23 @@ def pareto_study_figure(
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     for ax, kind in zip(axes, kinds):
         mask = results.kind_mask(kind)
+        base_x, base_y = results.base[x][mask].mean(), results.base[y][mask].mean()
+        ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.axvline(0.0, color="grey", linewidth=0.8, linestyle="--")
+        ax.plot(0.0, 0.0, "*", color="black", markersize=12, label="base (no change)")
         for name, arm in results.arms.items():
             ax.scatter(
-                arm.after[x][:, mask].mean(axis=1),
-                arm.after[y][:, mask].mean(axis=1),
+                arm.after[x][:, mask].mean(axis=1) - base_x,
+                arm.after[y][:, mask].mean(axis=1) - base_y,
                 s=14,
                 color=colours[name],
                 alpha=0.45,
                 linewidths=0,
             )
-        for row in rows:
+        for row in change_rows:
             if row.kind != kind:
                 continue
             ex, ey = row.estimates[x], row.estimates[y]
-            if row.arm == "base":
-                ax.plot(ex.mean, ey.mean, "*", color="black", markersize=12, label="base")
-                continue
             ax.errorbar(
                 ex.mean,
                 ey.mean,
@@ -64,15 +67,19 @@ def pareto_study_figure(
                 markersize=7,
                 label=f"{row.arm} ({row.seeds} seeds)",
             )
-        ax.set_xlabel(f"{x} (identity)")
-        ax.set_ylabel(f"{y} (prompt)")
+        ax.set_xlabel(f"change in {x} (identity)")
+        ax.set_ylabel(f"change in {y} (prompt)")
         ax.set_title("all prompts" if kind == ALL_KINDS else f"{kind} prompts", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.margins(0.15)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8,
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8,
                frameon=False)  # fmt: skip
-    fig.suptitle("held-out, after training: arm mean with 95% CI; dots: single runs", fontsize=10)
+    fig.suptitle(
+        "held-out change from the base model (after - base): arm mean with 95% CI; "
+        "dots: single runs",
+        fontsize=10,
+    )
     return save_figure(fig, path)
 
 

@@ -219,7 +219,7 @@ def build_study_report(
     kinds = [k for k in results.kind_names if k == ALL_KINDS or k in PROPERTY_KINDS]
     if axes is not None:
         files["pareto_study"] = pareto_study_figure(
-            results, arms_rows, axes[0], axes[1], kinds, out / "pareto.png"
+            results, change_rows, axes[0], axes[1], kinds, out / "pareto.png"
         )
     label_metrics = list(axes) if axes else results.metrics[:2]
     curve_keys = [f"reward/{m}/mean" for m in label_metrics] + ["conflict_rate"]
