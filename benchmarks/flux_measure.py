@@ -67,7 +67,7 @@ class Measure:
 
         s = self.s
         model = TINY_MODEL if s.tiny else FULL_MODEL
-        policy = build_policy(model, s.policy_options(), rank, self.device, s.seed)
+        policy = build_policy(model, s.policy_options(), rank, s.lora_targets, self.device, s.seed)
         cond = random_condition(policy, s.text_tokens, s.ref_tokens, s.group, s.seed + 1)
         sigmas = sigma_schedule(s.steps, 3.0).to(self.device)
         shape = (s.group, *policy.latent_shape())

@@ -70,15 +70,19 @@ def init_random_(model: torch.nn.Module, dtype: torch.dtype, device: torch.devic
     return model.eval()
 
 
-def build_policy(model: dict, options: dict, rank: int, device: torch.device, seed: int):
-    """A FluxPolicy around a random transformer with a fresh rank-``rank`` LoRA (alpha = rank)."""
+def build_policy(
+    model: dict, options: dict, rank: int, targets: str, device: torch.device, seed: int
+):
+    """A FluxPolicy around a random transformer with a fresh rank-``rank`` LoRA on the
+    ``targets`` preset (alpha = rank, Gaussian A, B = 0: the presets' adapter)."""
     from cgrpo.policies import LoraSettings
     from cgrpo.policies.flux import FluxPolicy
 
     transformer = random_transformer(model, DTYPES[options["dtype"]], device, seed)
     policy = FluxPolicy.from_components(transformer=transformer, device=device, options=options)
     torch.manual_seed(seed)
-    policy.add_lora(LoraSettings(rank=rank, alpha=float(rank)))
+    settings = LoraSettings(rank=rank, alpha=float(rank), targets=targets, init_weights="gaussian")
+    policy.add_lora(settings)
     return policy
 
 

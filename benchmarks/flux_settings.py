@@ -79,6 +79,7 @@ class Settings:
     compile_estimate_s: float
     hps_text_tokens: int
     per_sample_step: bool
+    lora_targets: str = "paper"
     train_fraction: float = 0.6
     eta: float = 0.4
     attention: str = "native"
@@ -119,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     p.add_argument("--steps", type=int, help="sampler steps N (full: 25)")
     p.add_argument("--rank", type=int, help="LoRA rank of the sweep (full: 64)")
     p.add_argument("--step-rank", type=int, help="LoRA rank of the measured step (full: 512)")
+    p.add_argument(
+        "--lora-targets",
+        default="paper",
+        choices=("paper", "diffusers"),
+        help="LoRA preset of the FLUX backend (configs/flux-*.yaml: paper)",
+    )
     p.add_argument("--chunks", type=_ints, help="images per sampler forward, e.g. 12,6,4")
     p.add_argument("--micro-batches", type=_ints, help="pairs per backward, e.g. 1,2,4")
     p.add_argument(
@@ -158,6 +165,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
         peak_tflops=a.peak_tflops,
         memory_limit_gib=a.memory_limit_gib,
         rewards=not a.no_rewards,
+        lora_targets=a.lora_targets,
         device=a.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         seed=a.seed,
         **preset,

@@ -30,13 +30,13 @@ def _threads():
     torch.set_num_threads(1)
 
 
-def make_policy(**options) -> FluxPolicy:
+def make_policy(targets: str | None = None, **options) -> FluxPolicy:
     opts = {"height": SIZE, "width": SIZE, "dtype": "fp32", **options}
     policy = FluxPolicy.from_components(
         transformer=tiny_transformer(0, num_layers=2, num_single_layers=2), options=opts
     )
     torch.manual_seed(1)
-    policy.add_lora(LoraSettings(rank=4, alpha=8.0, init_weights=False))
+    policy.add_lora(LoraSettings(rank=4, alpha=8.0, targets=targets, init_weights=False))
     return policy
 
 
@@ -176,8 +176,9 @@ def test_evenly_spaced_picks_floor_of_the_share():
 
 
 # ----------------------------------------------------------------------------- merged sampling
-def test_merged_sampling_matches_unmerged_and_puts_the_weights_back():
-    policy = make_policy()
+@pytest.mark.parametrize("targets", [None, "paper"])  # paper: q/k/v share one A
+def test_merged_sampling_matches_unmerged_and_puts_the_weights_back(targets):
+    policy = make_policy(targets)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     plain_traj = rollout(policy)
     with merged_lora(policy):
