@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None]:
     p.add_argument("--out", type=Path, help="write flux_step.json and flux_step.md here")
     p.add_argument("--group", type=int, help="samples per group (full: 12)")
     p.add_argument("--steps", type=int, help="sampler steps N (full: 25)")
-    p.add_argument("--rank", type=int, help="LoRA rank of the sweep (full: 64)")
+    p.add_argument("--rank", type=int, help="LoRA rank of the sweep (full: 512)")
     p.add_argument("--step-rank", type=int, help="LoRA rank of the measured step (full: 512)")
     p.add_argument(
         "--lora-targets",

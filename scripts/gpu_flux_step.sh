@@ -11,8 +11,14 @@
 #     run(command="bash scripts/gpu_flux_step.sh", carry=[".whl"], timeout_s=590)
 #
 # Results land in $OUT (flux_step.json, flux_step.md, log.txt), written after every phase, so
-# a run cut short still reports what it measured. The sweep budgets itself to 8 minutes
-# (--budget-s 480); a hard timeout stops it at 9. cuDNN SDPA stays off for training: the
+# a run cut short still reports what it measured. The sweep budgets itself to BUDGET_S seconds
+# (default 480, 8 minutes); a hard timeout stops it 60 s later. A session has 15 minutes of
+# device time, start-up included, so the call above leaves no room for a second one; to keep
+# room for a rerun, shorten the first call (later phases are skipped, and say so):
+#
+#     run(command="BUDGET_S=300 bash scripts/gpu_flux_step.sh", carry=[".whl"], timeout_s=420)
+#
+# cuDNN SDPA stays off for training: the
 # FLUX backend disables it on CUDA (model.options.cudnn_sdpa: false); the JSON records it.
 # Extra arguments go to flux_step.py, e.g. `bash scripts/gpu_flux_step.sh --compile off`.
 # Rehearsal on the CPU machine (the same steps at tiny sizes):
@@ -22,6 +28,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-runs/gpu-flux-step}
 PYTHON=${PYTHON:-python3}
+BUDGET_S=${BUDGET_S:-480}
 mkdir -p "$OUT"
 
 preflight() {
@@ -64,8 +71,8 @@ main() {
     fi
 
     echo "== sweep"
-    timeout --signal=TERM --kill-after=20 540 \
-        "$PYTHON" benchmarks/flux_step.py --out "$OUT" --budget-s 480 "$@"
+    timeout --signal=TERM --kill-after=20 $((BUDGET_S + 60)) \
+        "$PYTHON" benchmarks/flux_step.py --out "$OUT" --budget-s "$BUDGET_S" "$@"
     local status=$?
     echo "== exit status $status (124: the hard timeout cut the sweep short)"
     ls -la "$OUT"
