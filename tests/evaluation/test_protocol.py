@@ -140,3 +140,34 @@ def test_metric_options_errors_name_the_flag(tmp_path):
     bad.write_text("dino: 3")
     with pytest.raises(ConfigError, match="must map metric names to option mappings"):
         load_metric_options(bad)
+
+
+def test_paper_dino_seg_scores_against_the_reference_cutout(tiny_dino_dir, tmp_path):
+    """The preset's dino-seg options with the real reward, through the harness: a DreamBench
+    item names its reference file, and its <ref>_seg.png cut-out is what the image meets."""
+    import torch
+
+    from cgrpo.evaluation.harness import EvalItem, save_png, score_batch
+    from cgrpo.rewards import build_reward
+    from cgrpo.rewards.images import quantize
+
+    ref = quantize(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    cutout = torch.zeros_like(ref)
+    cutout[:, 16:48, 16:48] = ref[:, 16:48, 16:48]
+    save_png(ref, tmp_path / "thing" / "00.jpg")  # the name is what matters: 00_seg.png beside it
+    save_png(cutout, tmp_path / "thing" / "00_seg.png")
+    item = EvalItem(
+        index=0,
+        key="thing/00",
+        subject="thing",
+        prompt_index=0,
+        prompt="a thing",
+        kind="",
+        references=ref[None],
+        metadata={"reference_paths": [str(tmp_path / "thing" / "00.jpg")]},
+    )
+    options = {"path": str(tiny_dino_dir), **PAPER.metric_options["dino-seg"]}
+    reward = build_reward("dino-seg", options)
+    scores = score_batch([reward], [item, item], torch.stack([cutout, ref]))["dino-seg"]
+    assert scores[0] == pytest.approx(1.0, abs=1e-4)  # the cut-out itself: identical
+    assert scores[1] < scores[0] - 1e-3  # the raw reference is not what it is compared with
