@@ -4,6 +4,8 @@ Layout read here (the dataset's own files, unchanged)::
 
     <root>/prompts_and_classes.txt    "Classes" CSV (subject_name,class) + two prompt lists
     <root>/<subject>/NN.jpg           4-6 photos per subject
+    <root>/<subject>/NN_seg.png       optional: the photo's subject cut-out (dino-seg's
+                                      reference, see cgrpo.rewards.segment); not a photo
 
 ``prompts_and_classes.txt`` holds two Python-style lists of 25 templates each,
 ``'a {0} {1} in the jungle'.format(unique_token, class_token)``: "Object Prompts" for the
@@ -207,12 +209,17 @@ def parse_reference_choice(spec: str) -> tuple[str, int | str | None]:
 
 
 def _subject_images(root: Path, name: str) -> tuple[Path, ...]:
+    """The subject's photos, sorted; a photo's cut-out ``<photo>_seg.png`` is not one."""
+    from cgrpo.rewards.segment import cutout_path
+
     folder = root / name
     if not folder.is_dir():
         raise FileNotFoundError(
             f"DreamBench subject folder missing: {folder} (listed in {root / PROMPTS_FILE})"
         )
-    images = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    cutouts = {cutout_path(p) for p in files}
+    images = tuple(sorted(p for p in files if p not in cutouts))
     if not images:
         raise FileNotFoundError(f"DreamBench subject folder {folder} has no images")
     return images
