@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,15 @@ def test_quick_study_runs_resumes_and_reports(tmp_path):
     assert adapter.stat().st_mtime_ns == stamp
     log = (out / "logs" / "naive-seed-0.log").read_text()
     assert log.count("$ ") == 1
+
+    # a run stopped before its first checkpoint (no checkpoints, no final/) trains again
+    stopped = out / "runs" / "sars+tdw" / "seed-1"
+    for name in ("final", "checkpoints"):
+        shutil.rmtree(stopped / name, ignore_errors=True)
+    third = cgrpo(*args)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert (stopped / "final" / "adapter.safetensors").is_file()
+    assert (out / "logs" / "sars+tdw-seed-1.log").read_text().count("$ ") == 2
 
 
 def test_study_errors_are_one_line(tmp_path):

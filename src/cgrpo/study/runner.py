@@ -7,7 +7,8 @@ Layout of a study directory::
     <out>/logs/<arm>-seed-<s>.log  each run's console output
 
 A run whose final adapter and held-out results exist is skipped; one with a checkpoint is
-resumed (``cgrpo train --resume``); anything else is started afresh. Runs go out as
+resumed (``cgrpo train --resume``); anything else is started afresh (``cgrpo train`` itself
+clears a run of its own that stopped before its first checkpoint). Runs go out as
 separate processes, ``jobs`` at a time, each with ``cores / jobs`` torch threads (unless
 ``OMP_NUM_THREADS`` is set), because two processes that each use every core run many times
 slower than one.
@@ -16,7 +17,6 @@ slower than one.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -67,7 +67,7 @@ def run_finished(path: Path) -> bool:
 def _has_checkpoint(path: Path) -> bool:
     from cgrpo.training.checkpoint import list_checkpoints
 
-    return bool(list_checkpoints(path)) if (path / "checkpoints").is_dir() else False
+    return bool(list_checkpoints(path))
 
 
 def train_command(study: StudyConfig, run: StudyRun, path: Path) -> list[str]:
@@ -128,8 +128,6 @@ def run_study(
             return RunOutcome(run, "skipped", log=log)
         if stop.is_set():
             return RunOutcome(run, "failed", log=log, message="not started (interrupted)")
-        if path.exists() and not _has_checkpoint(path):
-            shutil.rmtree(path)  # a run killed before its first checkpoint: start afresh
         path.parent.mkdir(parents=True, exist_ok=True)
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = train_command(study, run, path)
