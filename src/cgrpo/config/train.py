@@ -112,6 +112,24 @@ class AdvantageConfig:
     linear_end: float = option(
         0.5, "w_prompt at the last step for schedule=linear", min=0.0, max=1.0
     )
+    noise_floor: dict[str, float] = option(
+        default_factory=dict,
+        help="trained reward column -> minimum within-group std; a group whose std in that "
+        "column is below it gets no advantage from that reward (its spread is the reward's "
+        "noise); a column left out has no floor",
+    )
+    noise_floor_from: str | None = option(
+        None,
+        "a preflight.json (cgrpo preflight): floors = noise_floor_scale x each trained "
+        "reward's measured noise std (the largest under the imperceptible changes and a 1-px "
+        "shift); noise_floor entries override it",
+    )
+    noise_floor_scale: float = option(
+        2.0,
+        "multiplies the noise stds read from noise_floor_from (2 = preflight's 'groups with "
+        "signal')",
+        min=0.0,
+    )
 
 
 @dataclass
