@@ -14,16 +14,17 @@ from dataclasses import dataclass
 
 import torch
 
-from cgrpo.grpo import dynamic_sigma_schedule, sde_step, sigma_schedule
+from cgrpo.grpo import sde_step, sigma_schedule
 from cgrpo.policies.base import Condition, Policy
 
 
 def make_sigmas(
     policy: Policy, num_steps: int, shift: float = 3.0, dynamic_shift: bool = False
 ) -> torch.Tensor:
-    """The ``[N + 1]`` sigma schedule (1 -> 0) for ``policy``: static ``shift`` or FLUX's dynamic."""
+    """The ``[N + 1]`` sigma schedule (1 -> 0) for ``policy``: static ``shift`` or the model's
+    own dynamic one (:meth:`Policy.dynamic_sigmas`; FLUX.1's by default)."""
     if dynamic_shift:
-        return dynamic_sigma_schedule(num_steps, policy.image_seq_len)
+        return policy.dynamic_sigmas(num_steps)
     return sigma_schedule(num_steps, shift)
 
 

@@ -112,6 +112,13 @@ class Policy(nn.Module):
         """Number of target image tokens (drives FLUX's dynamic shift)."""
         return int(self.latent_shape()[0])
 
+    def dynamic_sigmas(self, num_steps: int) -> torch.Tensor:
+        """The ``[N + 1]`` resolution-dependent schedule (1 -> 0) as this model's pipeline
+        defines it (``sampling.dynamic_shift``); default: FLUX.1's, from the token count."""
+        from cgrpo.grpo import dynamic_sigma_schedule
+
+        return dynamic_sigma_schedule(num_steps, self.image_seq_len)
+
     # ----- the model ------------------------------------------------------------------
     def forward(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Velocity ``[B, *latent_shape]`` at noise level ``sigma`` ``[B]`` (float in [0, 1])."""

@@ -21,41 +21,35 @@ Weights come from a local diffusers-layout directory (``model.options.path``), n
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cgrpo.config import ConfigError, option, parse
-from cgrpo.policies.base import POLICIES, Condition, LoraTargets, Policy
-from cgrpo.policies.flux_blocks import COMPILE_BACKENDS, compile_blocks, enable_checkpointing
+from cgrpo.policies.base import POLICIES, Condition, LoraTargets
+from cgrpo.policies.dit import (
+    ATTENTION_BACKENDS,
+    DTYPES,
+    IN_MEMORY,
+    DiTOptions,
+    DiTPolicy,
+    EmbeddingCache,
+    fingerprint,
+    place,
+    reference_pixels,
+    resize_center_crop,
+)
+from cgrpo.policies.dit import check_model_dir as _check_dir
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("kontext", "uno")
 ID_SCHEMES = ("kontext", "d", "h", "w", "o")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# diffusers attention backends that need no download; "native" is torch SDPA (the default).
-ATTENTION_BACKENDS = (
-    "native",
-    "_native_flash",
-    "_native_efficient",
-    "_native_math",
-    "_native_cudnn",
-    "flex",
-    "flash",
-    "_flash_3",
-    "sage",
-    "xformers",
-)
 
 #: The modules diffusers' Kontext LoRA training adapts (preset ``diffusers``). Names match by
 #: suffix, so the attention projections of the single blocks (attn.to_q/k/v) are included,
@@ -104,17 +98,13 @@ MODEL_PARTS = {
     "tokenizer_2": "T5 tokenizer files",
 }
 _NEEDS_CONFIG = ("transformer", "vae", "text_encoder", "text_encoder_2")
-_IN_MEMORY = "(in-memory components)"
 
 
 @dataclass
-class FluxOptions:
-    """``model.options`` of the ``flux`` backend."""
+class FluxOptions(DiTOptions):
+    """``model.options`` of the ``flux`` backend (``path``: a diffusers FLUX directory with
+    transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)."""
 
-    path: str = option(
-        help="local diffusers-layout FLUX directory: transformer/, vae/, "
-        "text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/"
-    )
     variant: str = option(
         "kontext", "kontext (FLUX.1-Kontext) or uno (FLUX.1-dev + UNO LoRA)", choices=VARIANTS
     )
@@ -130,54 +120,10 @@ class FluxOptions:
         " (kontext / d)",
         choices=ID_SCHEMES,
     )
-    height: int = option(512, "target image height in pixels", min=16)
-    width: int = option(512, "target image width in pixels", min=16)
-    reference_size: int | None = option(
-        None,
-        "references are resized (short side) and centre-cropped to this square; null = target size",
-        min=16,
-    )
     guidance: float = option(
         3.5, "FLUX guidance-embedding scale (used when the model has one)", min=0.0
     )
-    dtype: str = option(
-        "bf16", "dtype of the base weights (LoRA stays fp32)", choices=tuple(DTYPES)
-    )
-    gradient_checkpointing: bool = option(
-        False, "recompute transformer blocks in backward (less memory, about 1/3 more compute)"
-    )
-    checkpoint_fraction: float = option(
-        1.0,
-        "with gradient_checkpointing: share of the transformer blocks recomputed, spread evenly "
-        "over the double then single blocks, rounded down (1 = all; lower = faster, more memory)",
-        min=0.0,
-        max=1.0,
-        min_exclusive=True,
-    )
-    compile_blocks: str = option(
-        "off",
-        "regional torch.compile of each transformer block, compiled at first use: off, "
-        "inductor (fused kernels), aot_eager (graph capture only, no code generation; for checks)",
-        choices=COMPILE_BACKENDS,
-    )
-    attention: str = option(
-        "native", "diffusers attention backend (native = torch SDPA)", choices=ATTENTION_BACKENDS
-    )
-    cudnn_sdpa: bool = option(
-        False,
-        "allow torch's cuDNN SDPA kernel on CUDA (off: its backward failed on H100, GUIDE §2)",
-    )
     max_sequence_length: int = option(512, "T5 tokens per prompt", min=1, max=512)
-    text_cache_dir: str | None = option(
-        None, "directory for cached prompt embeddings (safetensors); null = memory only"
-    )
-    text_cache_size: int = option(256, "prompts kept in the in-memory embedding cache", min=1)
-    text_encoder_device: str = option(
-        "same",
-        "where the text encoders run: same (as the transformer) or cpu",
-        choices=("same", "cpu"),
-    )
-    vae_batch_size: int = option(4, "images per VAE encode/decode call", min=1)
 
     def validate(self, prefix: str = "model.options") -> None:
         key = f"{prefix}.uno_lora" if prefix else "uno_lora"
@@ -241,46 +187,9 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     return FluxPipeline._pack_latents(latents, b, c, h, w)
 
 
-def resize_center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, 3, h, w]`` -> ``[N, 3, H, W]``: scale so the image covers ``H x W``, crop the centre.
-
-    Bilinear with antialiasing (torch only; no torchvision). Already-sized images pass through.
-    """
-    height, width = size
-    h, w = images.shape[-2:]
-    if (h, w) == (height, width):
-        return images
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    out = F.interpolate(
-        images.float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-    )
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return out[..., top : top + height, left : left + width].clamp(0.0, 1.0)
-
-
 def check_model_dir(path: str | Path) -> Path:
     """Raise FileNotFoundError naming every missing part of a diffusers FLUX directory."""
-    root = Path(path).expanduser()
-    layout = "; ".join(f"{k}/ ({v})" for k, v in MODEL_PARTS.items())
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"model.options.path: FLUX model directory not found: {root} "
-            f"(expected the diffusers layout: {layout})"
-        )
-    missing = []
-    for part in MODEL_PARTS:
-        sub = root / part
-        if not sub.is_dir():
-            missing.append(f"{part}/")
-        elif part in _NEEDS_CONFIG and not (sub / "config.json").is_file():
-            missing.append(f"{part}/config.json")
-    if missing:
-        raise FileNotFoundError(
-            f"FLUX model directory {root} is missing {', '.join(missing)}; "
-            f"expected the diffusers layout: {layout}; scheduler/ is optional"
-        )
-    return root
+    return _check_dir(path, MODEL_PARTS, _NEEDS_CONFIG, "FLUX")
 
 
 def fuse_xlabs_lora(transformer: nn.Module, path: str | Path) -> int:
@@ -324,13 +233,6 @@ def fuse_xlabs_lora(transformer: nn.Module, path: str | Path) -> int:
     return len(targets)
 
 
-def _place(module: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    # Cast only when needed: diffusers warns on every dtype cast of a loaded model.
-    if next(module.parameters()).dtype != dtype:
-        module.to(dtype=dtype)
-    module.to(device)
-
-
 def _pipeline_class(variant: str) -> Any:
     from diffusers import FluxKontextPipeline, FluxPipeline
 
@@ -348,11 +250,6 @@ class _TextStack:
         self.device = torch.device(device)
         for enc in (text_encoder, text_encoder_2):
             enc.requires_grad_(False).eval().to(self.device)
-
-    def fingerprint(self, source: str, max_len: int) -> str:
-        te1, te2 = self.text_encoder.config, self.text_encoder_2.config
-        text = f"{source}|{max_len}|{te1.to_json_string()}|{te2.to_json_string()}"
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @torch.no_grad()
     def encode(self, prompts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,7 +269,7 @@ class _TextStack:
         return t5, pooled.pooler_output
 
 
-class FluxPolicy(Policy):
+class FluxPolicy(DiTPolicy):
     """FLUX.1-Kontext / UNO behind :class:`cgrpo.policies.base.Policy`.
 
     Build it with :meth:`from_pretrained` (a local diffusers directory; what the ``flux``
@@ -391,37 +288,14 @@ class FluxPolicy(Policy):
         transformer: nn.Module,
         vae: nn.Module | None,
         text: _TextStack | None,
-        source: str = _IN_MEMORY,
+        source: str = IN_MEMORY,
     ) -> None:
-        super().__init__()
-        self.options = options
-        self.source = source
-        self.denoiser = transformer
-        self.vae = vae
+        super().__init__(options, transformer, vae, source)
         self._text = text
-        self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae else 8
-        multiple = 2 * self.vae_scale_factor
-        sizes = {
-            "height": options.height,
-            "width": options.width,
-            "reference_size": options.reference_size,
-        }
-        for name, value in sizes.items():
-            if value is not None and value % multiple:
-                raise ConfigError(
-                    f"model.options.{name}",
-                    value,
-                    f"must be a multiple of {multiple} (VAE factor x 2x2 packing)",
-                )
-        self.dtype = DTYPES[options.dtype]
-        if options.gradient_checkpointing:
-            enable_checkpointing(transformer, options.checkpoint_fraction)
-        if options.compile_blocks != "off":
-            compile_blocks(transformer, options.compile_blocks)
-        if options.attention != "native":
-            transformer.set_attention_backend(options.attention)
-        self.requires_grad_(False)
+        self._text_cache = EmbeddingCache(options.text_cache_size, options.text_cache_dir)
+
+    def pipeline_class(self) -> Any:
+        return _pipeline_class(self.options.variant)
 
     # ----- construction ------------------------------------------------------------------
     @classmethod
@@ -436,7 +310,7 @@ class FluxPolicy(Policy):
         tokenizer_2: Any = None,
         options: Mapping[str, Any] | FluxOptions | None = None,
         device: torch.device | str = "cpu",
-        source: str = _IN_MEMORY,
+        source: str = IN_MEMORY,
     ) -> FluxPolicy:
         """A policy around given modules. ``options`` as in ``model.options`` (``path`` is not
         needed); the base weights are cast to ``options.dtype`` and the UNO LoRA, if any, is
@@ -448,9 +322,7 @@ class FluxPolicy(Policy):
         if options.variant == "uno":
             n = fuse_xlabs_lora(transformer, options.uno_lora)
             log.info("fused UNO LoRA %s into %d layers", options.uno_lora, n)
-        _place(transformer, device, dtype)
-        if vae is not None:
-            _place(vae, device, dtype)
+        cls.prepare(options, transformer, vae, device)
         text = None
         parts = (text_encoder, tokenizer, text_encoder_2, tokenizer_2)
         if any(p is not None for p in parts):
@@ -460,12 +332,9 @@ class FluxPolicy(Policy):
                     "or none of them"
                 )
             text_device = device if options.text_encoder_device == "same" else torch.device("cpu")
-            _place(text_encoder, text_device, dtype)
-            _place(text_encoder_2, text_device, dtype)
+            place(text_encoder, text_device, dtype)
+            place(text_encoder_2, text_device, dtype)
             text = _TextStack(text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_device)
-        if device.type == "cuda" and not options.cudnn_sdpa:
-            # Process-wide switch: cuDNN SDPA's backward failed for FLUX shapes (GUIDE §2).
-            torch.backends.cuda.enable_cudnn_sdp(False)
         return cls(options, transformer, vae, text, source)
 
     @classmethod
@@ -507,11 +376,6 @@ class FluxPolicy(Policy):
         f = 2 * self.vae_scale_factor
         return height // f, width // f
 
-    @property
-    def reference_hw(self) -> tuple[int, int]:
-        s = self.options.reference_size
-        return (s, s) if s else (self.options.height, self.options.width)
-
     def latent_shape(self) -> tuple[int, int]:
         rows, cols = self._grid(self.options.height, self.options.width)
         return rows * cols, int(self.denoiser.config.in_channels)
@@ -528,78 +392,24 @@ class FluxPolicy(Policy):
         )
 
     # ----- conditioning -------------------------------------------------------------------
-    def _device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
-
     def _text_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``([B, T, D], [B, P])`` for ``prompts``, each distinct prompt encoded once ever."""
-        if self._text is None:
+        text = self._text
+        if text is None:
             raise RuntimeError(
                 "this FluxPolicy was built without text encoders; use condition_from_embeddings()"
             )
-        opts = self.options
-        found: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for p in dict.fromkeys(prompts):
-            if p in self._text_cache:
-                self._text_cache.move_to_end(p)
-                found[p] = self._text_cache[p]
-        disk = Path(opts.text_cache_dir).expanduser() if opts.text_cache_dir else None
-        fingerprint = self._text.fingerprint(self.source, opts.max_sequence_length)
-        to_encode = []
-        for p in dict.fromkeys(prompts):
-            if p in found:
-                continue
-            hit = self._read_text_cache(disk, fingerprint, p) if disk else None
-            if hit is None:
-                to_encode.append(p)
-            else:
-                found[p] = hit
-                self._remember(p, hit)
-        if to_encode:
-            t5, pooled = self._text.encode(to_encode, opts.max_sequence_length)
-            for i, p in enumerate(to_encode):
-                item = (
-                    t5[i].to("cpu", self.dtype).clone(),
-                    pooled[i].to("cpu", self.dtype).clone(),
-                )
-                found[p] = item
-                self._remember(p, item)
-                if disk:
-                    self._write_text_cache(disk, fingerprint, p, item)
-        rows = [found[p] for p in prompts]  # not the LRU: a large batch may evict its own rows
-        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+        max_len = self.options.max_sequence_length
 
-    def _remember(self, prompt: str, item: tuple[torch.Tensor, torch.Tensor]) -> None:
-        self._text_cache[prompt] = item
-        while len(self._text_cache) > self.options.text_cache_size:
-            self._text_cache.popitem(last=False)
+        def encode(batch: list[str]) -> list[dict[str, torch.Tensor]]:
+            t5, pooled = text.encode(batch, max_len)
+            return [{"t5": t5[i], "pooled": pooled[i]} for i in range(len(batch))]
 
-    @staticmethod
-    def _cache_file(disk: Path, fingerprint: str, prompt: str) -> Path:
-        digest = hashlib.sha256(f"{fingerprint}|{prompt}".encode()).hexdigest()
-        return disk / fingerprint / f"{digest}.safetensors"
-
-    def _read_text_cache(self, disk: Path, fingerprint: str, prompt: str):
-        from safetensors.torch import load_file
-
-        file = self._cache_file(disk, fingerprint, prompt)
-        if not file.is_file():
-            return None
-        data = load_file(str(file))
-        return data["t5"].to(self.dtype), data["pooled"].to(self.dtype)
-
-    def _write_text_cache(self, disk: Path, fingerprint: str, prompt: str, item) -> None:
-        from safetensors.torch import save_file
-
-        file = self._cache_file(disk, fingerprint, prompt)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp")
-        save_file(
-            {"t5": item[0].contiguous(), "pooled": item[1].contiguous()},
-            str(tmp),
-            metadata={"prompt": prompt},
+        key = fingerprint(
+            self.source, max_len, text.text_encoder.config, text.text_encoder_2.config
         )
-        os.replace(tmp, file)  # atomic: concurrent writers of the same prompt cannot tear it
+        rows = self._text_cache.get(list(prompts), encode, key, self.dtype)
+        return torch.stack([r["t5"] for r in rows]), torch.stack([r["pooled"] for r in rows])
 
     @torch.no_grad()
     def encode_references(self, references: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -607,24 +417,15 @@ class FluxPolicy(Policy):
 
         All ``B * R`` images go through the VAE in one pass (in ``vae_batch_size`` chunks).
         """
-        if self.vae is None:
-            raise RuntimeError("this FluxPolicy was built without a VAE")
-        counts = {int(r.shape[0]) for r in references}
-        if len(counts) != 1 or 0 in counts:
-            raise ValueError(
-                f"every sample of a FLUX batch needs the same number (>= 1) of "
-                f"reference images, got {[int(r.shape[0]) for r in references]}"
-            )
-        num_refs = counts.pop()
-        size = self.reference_hw
-        pixels = torch.cat([resize_center_crop(r.float(), size) for r in references])
+        vae = self._need_vae()
+        pixels, num_refs = reference_pixels(references, self.reference_hw, "FLUX")
         device = self._device()
-        cfg = self.vae.config
+        cfg = vae.config
         shift = cfg.shift_factor or 0.0
         chunks = []
         for start in range(0, pixels.shape[0], self.options.vae_batch_size):
-            x = pixels[start : start + self.options.vae_batch_size].to(device, self.vae.dtype)
-            z = self.vae.encode(2.0 * x - 1.0).latent_dist.mode()
+            x = pixels[start : start + self.options.vae_batch_size].to(device, vae.dtype)
+            z = vae.encode(2.0 * x - 1.0).latent_dist.mode()
             chunks.append(pack_latents((z - shift) * cfg.scaling_factor))
         packed = torch.cat(chunks)  # [B * R, L_ref, C]
         return packed.reshape(len(references), num_refs * packed.shape[1], packed.shape[2])
@@ -697,46 +498,19 @@ class FluxPolicy(Policy):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` float32 in [0, 1] (as FluxPipeline's ``output_type="pt"``)."""
-        if self.vae is None:
-            raise RuntimeError("this FluxPolicy was built without a VAE")
+        vae = self._need_vae()
         from diffusers import FluxPipeline
 
-        cfg = self.vae.config
+        cfg = vae.config
         z = FluxPipeline._unpack_latents(
             latents, self.options.height, self.options.width, self.vae_scale_factor
         )
         z = z / cfg.scaling_factor + (cfg.shift_factor or 0.0)
         images = []
         for start in range(0, z.shape[0], self.options.vae_batch_size):
-            chunk = z[start : start + self.options.vae_batch_size].to(self.vae.dtype)
-            images.append(self.vae.decode(chunk, return_dict=False)[0].float())
+            chunk = z[start : start + self.options.vae_batch_size].to(vae.dtype)
+            images.append(vae.decode(chunk, return_dict=False)[0].float())
         return (torch.cat(images) / 2 + 0.5).clamp(0.0, 1.0)
-
-    # ----- adapters -----------------------------------------------------------------------
-    def save_adapter(self, directory: str | Path) -> None:
-        """Write ``adapter.safetensors`` in diffusers' LoRA format (keys ``transformer.*`` plus
-        the peft config as metadata), so that ``FluxKontextPipeline`` (``FluxPipeline`` for
-        UNO) ``.load_lora_weights(directory)`` loads it as well as :meth:`load_adapter`."""
-        config = getattr(self, "_lora_config", None)
-        if config is None:
-            raise RuntimeError("no LoRA adapter to save; call add_lora() first")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        _pipeline_class(self.options.variant).save_lora_weights(
-            directory,
-            transformer_lora_layers=self.adapter_state_dict(),
-            weight_name="adapter.safetensors",
-            transformer_lora_adapter_metadata=config.to_dict(),
-        )
-
-    def load_adapter(self, directory: str | Path) -> None:
-        from safetensors.torch import load_file
-
-        path = Path(directory) / "adapter.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"no adapter at {path}")
-        state = load_file(str(path))
-        self.load_adapter_state_dict({k.removeprefix("transformer."): v for k, v in state.items()})
 
 
 @POLICIES.register("flux")

@@ -1,4 +1,4 @@
-"""How the FLUX transformer blocks run: selective gradient checkpointing, regional compile.
+"""How the DiT (FLUX.1, FLUX.2, Qwen-Image) transformer blocks run: selective gradient checkpointing, regional compile.
 
 Both act per block of :func:`transformer_blocks` (19 double then 38 single blocks at
 FLUX.1-dev size) and leave the module tree, parameter names and numerics unchanged, so
@@ -23,8 +23,9 @@ def evenly_spaced(n: int, fraction: float) -> list[int]:
 
 
 def transformer_blocks(transformer: nn.Module) -> list[nn.Module]:
-    """The double then the single blocks of a FLUX transformer, in forward order."""
-    return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    """The blocks of a diffusers DiT in forward order: FLUX.1 / FLUX.2's double then single
+    blocks, Qwen-Image's (double-stream) blocks."""
+    return [*transformer.transformer_blocks, *getattr(transformer, "single_transformer_blocks", [])]
 
 
 def enable_checkpointing(transformer: nn.Module, fraction: float = 1.0) -> list[int]:
