@@ -55,7 +55,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = option("toyworld", "dataset: toyworld, syncd or jsonl")
+    name: str = option("toyworld", "dataset: toyworld, syncd, jsonl or hf (see README)")
     options: dict[str, Any] = option(default_factory=dict, help="dataset options (see README)")
 
 
