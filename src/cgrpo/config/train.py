@@ -17,8 +17,23 @@ import yaml
 
 from cgrpo.config.schema import ConfigError, option, parse, to_dict
 
-ADVANTAGE_STRATEGIES = ("sars", "linear", "harmonic", "min", "max", "product", "product-2w")
-WEIGHT_SCHEDULES = ("tdw", "fixed", "linear")
+# Kept equal to cgrpo.grpo's registries (tests/grpo/test_grpo_stage.py checks it); listed
+# here so that loading a config does not import the GRPO math.
+ADVANTAGE_STRATEGIES = (
+    "sars",
+    "linear",
+    "harmonic",
+    "min",
+    "max",
+    "product",
+    "product-2w",
+    "sum-normalize",
+    "gdpo",
+    "gate",
+    "mgda",
+)
+WEIGHT_SCHEDULES = ("tdw", "fixed", "linear", "reversed-tdw")
+NORMALIZATIONS = ("group", "batch", "none")
 REWARD_ROLES = ("prompt", "identity", "monitor")
 LORA_INITS = ("default", "gaussian")
 
@@ -99,13 +114,46 @@ class SamplingConfig:
 class AdvantageConfig:
     strategy: str = option(
         "sars",
-        "how per-reward advantages combine; product: prod_k softplus(A_k)^w_k, product-2w: "
-        "prod_k softplus(A_k)^(2 w_k) (the official code's ablation), both z-scored per group",
+        "how rewards become one advantage (README 'Advantage strategies'): linear "
+        "(sum_k w_k A_k), sars (+ synergy), sum-normalize (z_g(sum_k w_k r_k)), gdpo (linear, "
+        "batch-normalised), gate (prompt reward minus a quadratic penalty below gate_threshold "
+        "of identity), mgda (one gradient per reward, min-norm weights), harmonic, min, max, "
+        "product, product-2w (prod_k softplus(A_k)^(2 w_k), the official code's ablation)",
         choices=ADVANTAGE_STRATEGIES,
     )
+    normalize: str = option(
+        "group",
+        "the group-relative step: reward minus its group mean, divided by the group std "
+        "(group, GRPO), by the std over the whole batch of all processes (batch, Flow-GRPO's "
+        "global std) or by nothing (none, Dr. GRPO); per reward, or after combining for "
+        "sum-normalize and gate",
+        choices=NORMALIZATIONS,
+    )
+    batch_normalize: bool = option(
+        False,
+        "z-score the combined advantage over the whole batch (all processes, all trained "
+        "steps; per reward for mgda); gdpo always does",
+    )
     gamma: float = option(0.4, "interaction strength for sars / harmonic", min=0.0)
+    gate_threshold: float = option(
+        0.5,
+        "gate: identity score below which the penalty starts, in the identity reward's units "
+        "(0.5 suits toy-id's cosine; set it for your reward)",
+    )
+    gate_penalty: float = option(
+        10.0, "gate: lambda in w_p r_p - lambda * w_id * max(0, threshold - r_id)^2", min=0.0
+    )
+    mgda_ema: float = option(
+        0.9,
+        "mgda: EMA decay of the reward weights alpha across updates (0 = none)",
+        min=0.0,
+        max=0.999,
+    )
     schedule: str = option(
-        "tdw", "reward-weight schedule over denoising steps", choices=WEIGHT_SCHEDULES
+        "tdw",
+        "reward-weight schedule over denoising steps: tdw, reversed-tdw (TDW's weights in "
+        "reverse step order), fixed, linear",
+        choices=WEIGHT_SCHEDULES,
     )
     fixed_prompt_weight: float = option(0.5, "w_prompt for schedule=fixed", min=0.0, max=1.0)
     linear_start: float = option(0.7, "w_prompt at step 0 for schedule=linear", min=0.0, max=1.0)
@@ -227,13 +275,7 @@ class Config:
         )
         if dup:
             raise ConfigError("rewards", dup, "listed twice; give each entry its own `column`")
-        roles = {r.role for r in trained}
-        if self.advantage.strategy in ("sars", "harmonic") and roles != {"prompt", "identity"}:
-            raise ConfigError(
-                "advantage.strategy",
-                self.advantage.strategy,
-                "sars/harmonic need rewards of both roles prompt and identity",
-            )
+        self._check_strategy()
         if (
             self.train.timestep_selection == "window"
             and self.train.window_size > self.sampling.num_steps - 1
@@ -242,6 +284,21 @@ class Config:
                 "train.window_size",
                 self.train.window_size,
                 f"must be <= sampling.num_steps - 1 = {self.sampling.num_steps - 1}",
+            )
+
+    def _check_strategy(self) -> None:
+        from cgrpo.grpo.stage import check_strategy  # the GRPO math only when checking
+
+        try:
+            check_strategy(self.advantage.strategy, [r.role for r in self.trained_rewards])
+        except ValueError as e:
+            raise ConfigError("advantage.strategy", self.advantage.strategy, str(e)) from None
+        if self.advantage.strategy == "mgda" and self.train.mixed_precision == "fp16":
+            raise ConfigError(
+                "train.mixed_precision",
+                "fp16",
+                "advantage.strategy=mgda takes its per-reward gradients without a loss "
+                "scaler; use bf16 or no",
             )
 
     def validate_for_training(self) -> None:

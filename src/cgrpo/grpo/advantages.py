@@ -12,7 +12,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ._checks import check_finite_float, check_positive_int, unknown_name
+from ._checks import check_finite_float, unknown_name
+from .normalize import check_groups, float_dtype, group_normalize, zscore_groups
 
 __all__ = [
     "ADVANTAGE_STRATEGIES",
@@ -21,86 +22,8 @@ __all__ = [
     "group_normalize",
 ]
 
-#: Added to the group standard deviation, as in the guide, so tiny spreads stay finite.
-STD_EPS = 1e-8
 #: Added to ``A_j + A_l`` in the harmonic combiner (the paper's constant).
 HARMONIC_EPS = 1e-6
-
-
-def _float_dtype(t: Tensor) -> torch.dtype:
-    # Reduced-precision inputs (bf16 rewards from a model) are upcast; float64 is kept.
-    return torch.promote_types(t.dtype, torch.float32)
-
-
-def _check_groups(batch: int, group_size: int) -> int:
-    check_positive_int("group_size", group_size, minimum=2)
-    if batch % group_size != 0:
-        raise ValueError(
-            f"batch size {batch} is not divisible by group_size {group_size}; "
-            "every group must be complete and contiguous"
-        )
-    return batch // group_size
-
-
-def _zscore_groups(values: Tensor, group_size: int) -> Tensor:
-    """z-score each column of ``values`` [B, K] within contiguous groups; no input checks."""
-    batch, k = values.shape
-    # Statistics in float64: a float32 mean of large, close rewards (e.g. -41.17, -41.12)
-    # leaves a residue that the small std turns into a group sum of ~1e-4 instead of 0.
-    grouped = values.reshape(batch // group_size, group_size, k).double()
-    mean = grouped.mean(dim=1, keepdim=True)
-    std = grouped.std(dim=1, unbiased=True, keepdim=True)
-    z = (grouped - mean) / (std + STD_EPS)
-    # Decide "no variance" by max == min rather than std == 0: the mean of identical floats
-    # can differ from them in the last bit, which would leave ~1e-9 instead of an exact 0.
-    flat = (grouped.amax(dim=1, keepdim=True) - grouped.amin(dim=1, keepdim=True)) == 0
-    z = torch.where(flat, torch.zeros_like(z), z)
-    return z.reshape(batch, k).to(values.dtype)
-
-
-def group_normalize(
-    rewards: Tensor,
-    group_size: int,
-    column_names: Sequence[str] | None = None,
-) -> Tensor:
-    """Per-reward group-relative advantages (z-scores within each group).
-
-    For every column ``k`` and group ``G``: ``A_k = (r_k - mean_G(r_k)) / (std_G(r_k) + 1e-8)``
-    with the unbiased standard deviation. A group whose values in a column are all equal
-    gets exactly ``0`` in that column (never NaN, never a rounding residue).
-
-    Args:
-        rewards: ``[B, K]`` rewards, ``B = n_groups * group_size``, groups contiguous
-            (rows ``g*group_size ... (g+1)*group_size - 1`` form group ``g``).
-        group_size: samples per group, ``>= 2`` (an unbiased std needs two samples).
-        column_names: optional ``K`` names, used only to make error messages readable.
-
-    Returns:
-        ``[B, K]`` advantages, float32 (float64 if ``rewards`` is float64).
-
-    Raises:
-        ValueError: wrong rank, ``group_size < 2``, ``B`` not divisible by ``group_size``,
-            ``len(column_names) != K``, or a NaN/inf reward (the message names the column,
-            by name when given, and the first offending row).
-    """
-    if not isinstance(rewards, Tensor) or rewards.ndim != 2:
-        shape = tuple(rewards.shape) if isinstance(rewards, Tensor) else type(rewards).__name__
-        raise ValueError(f"rewards must be a [B, K] tensor, got {shape}")
-    batch, k = rewards.shape
-    if column_names is not None and len(column_names) != k:
-        raise ValueError(f"column_names has {len(column_names)} names for K={k} reward columns")
-    _check_groups(batch, group_size)
-    values = rewards.to(_float_dtype(rewards))
-    bad = ~torch.isfinite(values)
-    if bool(bad.any()):
-        row, col = (int(i) for i in bad.nonzero()[0])
-        label = f"{column_names[col]!r} (index {col})" if column_names else f"index {col}"
-        count = int(bad[:, col].sum())
-        raise ValueError(
-            f"reward column {label} has a non-finite value {float(values[row, col])} "
-            f"at row {row} ({count} non-finite value(s) in that column)"
-        )
-    return _zscore_groups(values, group_size)
 
 
 class AdvantageCombiner(Protocol):
@@ -190,10 +113,10 @@ def _weighted_product(
             f"strategy {name!r} re-normalises within groups and needs group_size; "
             "pass combine_advantages(..., group_size=G)"
         )
-    _check_groups(adv.shape[0], group_size)
+    check_groups(adv.shape[0], group_size)
     soft = torch.nn.functional.softplus(adv.double()).clamp_min(1e-30)
     log_p = (exponent * weights.double() * soft.log()).sum(dim=1).clamp(-300.0, 300.0)
-    z = _zscore_groups(log_p.exp().unsqueeze(1), group_size)
+    z = zscore_groups(log_p.exp().unsqueeze(1), group_size)
     return z.squeeze(1).to(adv.dtype)
 
 
@@ -283,7 +206,7 @@ def combine_advantages(
         shape = tuple(adv.shape) if isinstance(adv, Tensor) else type(adv).__name__
         raise ValueError(f"adv must be a [B, K] tensor, got {shape}")
     gamma = check_finite_float("gamma", gamma)
-    values = adv.to(_float_dtype(adv))
+    values = adv.to(float_dtype(adv))
     if not bool(torch.isfinite(values).all()):
         raise ValueError("advantages contain NaN or inf")
     batch, k = values.shape

@@ -20,6 +20,7 @@ __all__ = [
     "WEIGHT_SCHEDULES",
     "FixedSchedule",
     "LinearSchedule",
+    "ReversedTDWSchedule",
     "TDWSchedule",
     "WeightSchedule",
     "make_weight_schedule",
@@ -142,6 +143,22 @@ class TDWSchedule:
         return _stack(_tdw_prompt_tensor(i))
 
 
+@dataclass(frozen=True)
+class ReversedTDWSchedule:
+    """TDW in reverse step order: the weights TDW gives step ``N - 1 - i``, at step ``i``.
+
+    Every step count gets TDW's weights, only their order in time is reversed (balanced at
+    the start, identity-heavy next, prompt-heavy last), so each role's mean weight over the
+    steps is TDW's. Against TDW it tells whether TDW's timing matters or only that the
+    weights change over the steps. Takes no parameters.
+    """
+
+    def __call__(self, step: int | Tensor, num_steps: int) -> Tensor:
+        _check_step(step, num_steps)
+        i = _rescale((num_steps - 1) - _step_tensor(step), num_steps)
+        return _stack(_tdw_prompt_tensor(i))
+
+
 def _check_unit(name: str, value: float) -> float:
     value = check_finite_float(name, value)
     if not 0.0 <= value <= 1.0:
@@ -188,6 +205,7 @@ WEIGHT_SCHEDULES: dict[str, type[WeightSchedule]] = {
     "tdw": TDWSchedule,
     "fixed": FixedSchedule,
     "linear": LinearSchedule,
+    "reversed-tdw": ReversedTDWSchedule,
 }
 
 
