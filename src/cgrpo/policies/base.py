@@ -91,6 +91,8 @@ class Policy(nn.Module):
 
     backend: str = "base"
     default_lora_targets: tuple[str, ...] = ()
+    #: a key of :attr:`lora_presets` used when no targets are given (else default_lora_targets)
+    default_lora_preset: ClassVar[str | None] = None
     lora_presets: ClassVar[dict[str, LoraTargets]] = {}
     denoiser: nn.Module
 
@@ -132,6 +134,8 @@ class Policy(nn.Module):
     def resolve_lora_targets(self, targets: str | Sequence[str] | None) -> LoraTargets:
         """A preset name, a list of module names, or None (the backend's default)."""
         if targets is None:
+            if self.default_lora_preset is not None:
+                return self.lora_presets[self.default_lora_preset]
             return LoraTargets(tuple(self.default_lora_targets))
         if isinstance(targets, str):
             if targets not in self.lora_presets:

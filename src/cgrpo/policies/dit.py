@@ -173,6 +173,28 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def load_scheduler(root: Path | None, defaults: dict[str, Any]) -> Any:
+    """The model's ``FlowMatchEulerDiscreteScheduler``: from ``root/scheduler`` when that
+    directory has a config, else from ``defaults`` (the released model's values)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    folder = root / "scheduler" if root is not None else None
+    if folder is not None and (folder / "scheduler_config.json").is_file():
+        return FlowMatchEulerDiscreteScheduler.from_pretrained(folder, local_files_only=True)
+    return FlowMatchEulerDiscreteScheduler(**defaults)
+
+
+def scheduler_sigmas(scheduler: Any, num_steps: int, mu: float | None) -> torch.Tensor:
+    """The ``[N + 1]`` float32 sigmas (1 -> 0) the pipelines hand ``scheduler`` (``sigmas =
+    linspace(1, 1/N, N)`` plus ``mu``); the scheduler applies its own shifts (dynamic,
+    terminal stretch) and appends the final 0."""
+    import numpy as np
+
+    grid = np.linspace(1.0, 1.0 / num_steps, num_steps)
+    scheduler.set_timesteps(sigmas=grid, mu=mu, device="cpu")
+    return scheduler.sigmas.detach().to("cpu", torch.float32).clone()
+
+
 class EmbeddingCache:
     """Embeddings (a dict of CPU tensors per key) computed once per key.
 

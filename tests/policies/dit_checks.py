@@ -1,0 +1,78 @@
+"""Checks every diffusers DiT backend must pass (used by the FLUX.2 and Qwen-Image-Edit tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cgrpo.grpo import ppo_clip_loss, sde_step
+from cgrpo.policies import LoraSettings
+
+
+def pil_references(n: int, size: int, seed: int = 0) -> tuple[list[Image.Image], torch.Tensor]:
+    """``n`` random RGB images as PIL (for the pipelines) and as ``[n, 3, size, size]`` in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+    tensor = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
+    return [Image.fromarray(a) for a in arrays], tensor
+
+
+def euler(policy, cond, noise, sigmas) -> list[torch.Tensor]:
+    """Deterministic sampling (noise level 0) through cgrpo's SDE step; every latent."""
+    xs = [noise]
+    for i in range(sigmas.shape[0] - 1):
+        v = policy(xs[-1], sigmas[i].expand(noise.shape[0]), cond)
+        xs.append(sde_step(v, xs[-1], sigmas, i, 0.0).prev_sample)
+    return xs
+
+
+def check_first_update(policy, cond, noise, sigmas, eta: float = 0.7) -> None:
+    """A rollout with SDE steps, then the update's recomputation: ratio 1 at the first update,
+    finite non-zero gradients in the LoRA only, and the adapter can be switched off."""
+    steps = sigmas.shape[0] - 1
+    gen = torch.Generator().manual_seed(3)
+    states, old = [], []
+    with torch.no_grad():
+        x = noise
+        for i in range(steps):
+            v = policy(x, sigmas[i].expand(x.shape[0]), cond)
+            level = eta if i < steps - 1 else 0.0
+            step = sde_step(v, x, sigmas, i, level, generator=gen if level else None)
+            states.append((x, step.prev_sample))
+            old.append(step.log_prob)
+            x = step.prev_sample
+    policy.train()
+    advantages = torch.linspace(1.0, -1.0, noise.shape[0])
+    total = 0.0
+    for i in range(steps - 1):  # the final step is deterministic and never trained
+        x, prev = states[i]
+        v = policy(x, sigmas[i].expand(x.shape[0]), cond)
+        new = sde_step(v, x, sigmas, i, eta, prev_sample=prev).log_prob
+        assert torch.allclose(new, old[i], atol=1e-5)
+        loss, stats = ppo_clip_loss(new, old[i], advantages)
+        assert abs(stats.ratio_mean - 1.0) < 1e-5
+        total = total + loss
+    total.backward()
+    lora = dict(policy.named_trainable_parameters())
+    assert lora and all(p.grad is not None and torch.isfinite(p.grad).all() for p in lora.values())
+    assert any(p.grad.abs().sum() > 0 for p in lora.values())
+    frozen = [p for n, p in policy.named_parameters() if "lora_" not in n]
+    assert frozen and all(p.grad is None for p in frozen)
+    with torch.no_grad():
+        with policy.adapter_disabled():
+            base = policy(states[0][0], sigmas[0].expand(noise.shape[0]), cond)
+        adapted = policy(states[0][0], sigmas[0].expand(noise.shape[0]), cond)
+    assert not torch.allclose(base, adapted)  # the adapter is live and can be switched off
+
+
+def random_lora(policy, targets=None, rank: int = 4) -> None:
+    """A LoRA with random A and B (so it changes the output) on ``policy``."""
+    torch.manual_seed(7)
+    policy.add_lora(LoraSettings(rank=rank, alpha=2.0 * rank, targets=targets, init_weights=False))
+
+
+def adapted_modules(policy) -> set[str]:
+    from peft.tuners.lora import LoraLayer
+
+    return {n for n, m in policy.denoiser.named_modules() if isinstance(m, LoraLayer)}
