@@ -57,6 +57,8 @@ class Advantages:
         timesteps: ``[B, T]`` trained denoising step indices per sample.
         combined: ``[B, T]`` advantage per (sample, trained step), weighted at that step.
         weights: ``[B, T, K]`` reward weights used at each trained step.
+        objectives: ``[B, T, K]`` each reward's own advantage when the update combines them
+            (``mgda``; ``combined`` is then their mean, for the logs only), else None.
     """
 
     per_reward: torch.Tensor
@@ -65,6 +67,7 @@ class Advantages:
     combined: torch.Tensor
     weights: torch.Tensor
     rewards: RewardBatch
+    objectives: torch.Tensor | None = None
 
 
 def rollout_bytes(samples: int, num_steps: int, latent_shape: tuple[int, ...]) -> int:
