@@ -307,6 +307,22 @@ def _add_segments(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_preflight(sub: argparse._SubParsersAction) -> None:
+    from cgrpo.preflight import cli as preflight_cli
+
+    _add_command(
+        sub,
+        "preflight",
+        preflight_cli,
+        "check, before training, that each reward can rank a group's samples",
+        "Sample groups from the base policy exactly as training does, score them clean "
+        "and under imperceptible changes, and report per reward the within-group spread, "
+        "its noise, the groups with signal, agreement with monitors and between rewards, "
+        "with one verdict line each; writes preflight.json and an HTML page of example "
+        "groups sorted by each reward.",
+    )
+
+
 def _add_study(sub: argparse._SubParsersAction) -> None:
     from cgrpo.study import cli as study_cli
 
@@ -336,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(sub)
     _add_serve_reward(sub)
     _add_segments(sub)
+    _add_preflight(sub)
     return parser
 
 
