@@ -1,4 +1,4 @@
-"""toybench items and its two held-out ground-truth measures."""
+"""toybench items and its held-out ground-truth measures."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_images_of_another_size_are_resized(bench):
 
 
 def test_unknown_heldout_metric(bench):
-    with pytest.raises(ValueError, match="choose one of gt-colour, gt-scene"):
+    with pytest.raises(ValueError, match="choose one of gt-colour, gt-pattern, gt-shape, gt-scene"):
         heldout_metric("gt-nothing", bench[1])
 
 

@@ -5,7 +5,8 @@ Modules:
 * :mod:`~cgrpo.evaluation.dreambench` -- the DreamBench parser (original layout, prompt kinds,
   reference choice ``first`` / ``index:N`` / ``protocol:FILE``).
 * :mod:`~cgrpo.evaluation.toybench` -- toybench items and the held-out ground-truth measures
-  ``gt-colour`` and ``gt-scene``.
+  ``gt-colour``, ``gt-pattern``, ``gt-shape`` (:mod:`~cgrpo.evaluation.edit_checks`) and
+  ``gt-scene``.
 * :mod:`~cgrpo.evaluation.harness` -- generate-then-score in memory: :func:`evaluate_policy`;
   :mod:`~cgrpo.evaluation.resumable` -- the same on disk: :func:`run_evaluation` (resumable,
   or ``--images``).

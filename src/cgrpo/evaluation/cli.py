@@ -42,8 +42,8 @@ protocols (explicit flags override their values):
     + """
 --images layout: <subject>/<prompt_index>_<seed>.png (e.g. backpack/03_0.png).
 --metric-options: YAML mapping metric -> options, e.g. {dino: {path: /models/dino-vits16}}.
-toybench adds held-out measures gt-colour and gt-scene (ground-truth colour match and
-coarse scene match; see cgrpo.evaluation.toybench)."""
+toybench adds held-out measures gt-colour, gt-pattern, gt-shape (ground-truth checks of
+the three property edits) and gt-scene (coarse scene match); see cgrpo.evaluation.toybench."""
 )
 
 
@@ -140,7 +140,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics",
         help="comma-separated metric (reward) names; default "
         "dreambench: dino,dino-seg,clip-i,clip-t,hpsv3; toybench: the config's "
-        "rewards + gt-colour,gt-scene",
+        "rewards + gt-colour,gt-pattern,gt-shape,gt-scene",
     )
     p.add_argument(
         "--metric-options",

@@ -4,7 +4,7 @@
 ``eval.data``, split ``heldout``), generates one image per item with deterministic sampling
 and scores it with :func:`cgrpo.evaluation.harness.evaluate_policy`, the generation and
 scoring path of ``cgrpo eval``. Every column of the config's rewards is scored and, when the
-held-out data is the toy world, the ground-truth measures ``gt-colour`` and ``gt-scene``
+held-out data is the toy world, the ground-truth measures ``gt-colour``, ``gt-pattern``, ``gt-shape`` and ``gt-scene``
 (:mod:`cgrpo.evaluation.toybench`), which no reward optimises.
 
 Run-directory layout (read back with :func:`load_held_out`)::
@@ -67,7 +67,8 @@ def held_out_items(dataset: Any, num_items: int, generator: torch.Generator) -> 
 
 
 def ground_truth_metrics(dataset: Any) -> list[Reward]:
-    """``gt-colour`` and ``gt-scene`` when ``dataset`` is the toy world; else none."""
+    """The toybench ground-truth measures (``HELDOUT_METRICS``) when ``dataset`` is the toy
+    world; else none."""
     from cgrpo.evaluation.toybench import HELDOUT_METRICS, heldout_metric
     from cgrpo.world.dataset import ToyWorldDataset
 

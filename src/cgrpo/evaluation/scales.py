@@ -17,6 +17,8 @@ METRIC_SCALES = {
     "toy-id": "cosine, -1 to 1",
     "toy-prompt": "probability, 0-1",
     "gt-colour": "share, 0-1",
+    "gt-pattern": "probability, 0-1",
+    "gt-shape": "probability, 0-1",
     "gt-scene": "0-1",
 }
 

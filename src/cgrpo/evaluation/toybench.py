@@ -1,4 +1,4 @@
-"""toybench: the toy world's DreamBench, plus two HELD-OUT measures from ground truth.
+"""toybench: the toy world's DreamBench, plus HELD-OUT measures from ground truth.
 
 Items are the world's held-out identities x its 25 fixed prompts
 (:func:`cgrpo.world.toybench`), with the reference shot, its exact mask, and the dataset's
@@ -6,7 +6,7 @@ metadata (``identity``, ``scene``, ``requested``, ``attributes``, ``kind``) that
 rewards read.
 
 The training rewards (``toy-id``, ``toy-prompt``) are learned/feature scores. To check
-that training improved the images and not just those scores, toybench adds two measures
+that training improved the images and not just those scores, toybench adds measures
 that no reward optimises, both computed from the world's pixel-exact ground truth of the
 *requested* scene (identity with the prompt's overrides, background, position, size):
 
@@ -21,6 +21,10 @@ that no reward optimises, both computed from the world's pixel-exact ground trut
   the mean of ``renders`` ground-truth renders (random jitter averaged out) are
   area-averaged to 8 x 8; the score is ``1 - mean |difference|`` in [0, 1]. It rewards the
   right background, position and size as much as the subject.
+* ``gt-pattern`` and ``gt-shape`` -- does the image show the requested pattern / shape?
+  Renders of the requested scene with every value of that attribute are compared with the
+  image; see :mod:`cgrpo.evaluation.edit_checks`. With ``gt-colour`` they are the
+  ground-truth checks of the three property edits (colour, pattern, shape).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import torch
 from cgrpo.evaluation.harness import EvalItem
 from cgrpo.rewards.base import Reward, ScoreRequest
 
-HELDOUT_METRICS = ("gt-colour", "gt-scene")
+HELDOUT_METRICS = ("gt-colour", "gt-pattern", "gt-shape", "gt-scene")
 
 
 def _world_and_scene(world: Any, meta: dict[str, Any]):
@@ -167,6 +171,10 @@ def heldout_metric(name: str, world: Any) -> Reward:
         return GroundTruthColour(world)
     if name == "gt-scene":
         return GroundTruthScene(world)
+    if name in ("gt-pattern", "gt-shape"):
+        from cgrpo.evaluation.edit_checks import GroundTruthEdit
+
+        return GroundTruthEdit(world, name)
     raise ValueError(
         f"unknown toybench held-out metric {name!r}; choose one of {', '.join(HELDOUT_METRICS)}"
     )
