@@ -216,6 +216,23 @@ class OptimConfig:
     )
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class WandbConfig:
+    project: str | None = option(
+        None, "Weights & Biases project; null = no W&B (needs the extra: pip install cgrpo[wandb])"
+    )
+    entity: str | None = option(None, "W&B entity (user or team); null = your default")
+    mode: str = option(
+        "online",
+        "online, offline (files under <run>/wandb, sync later) or disabled",
+        choices=WANDB_MODES,
+    )
+    tags: list[str] = option(default_factory=list, help="W&B run tags")
+
+
 @dataclass
 class LoggingConfig:
     log_every: int = option(1, "write metrics every N steps", min=1)
@@ -224,6 +241,10 @@ class LoggingConfig:
     keep_checkpoints: int = option(2, "checkpoints kept on disk (older ones are removed)", min=1)
     tensorboard: bool = option(True, "write TensorBoard event files")
     progress: bool = option(True, "show a progress bar")
+    wandb: WandbConfig = option(
+        default_factory=WandbConfig,
+        help="also log to Weights & Biases (off until a project is set)",
+    )
 
 
 @dataclass

@@ -17,7 +17,7 @@ from cgrpo.evaluation.heldout import (
     held_out_table,
 )
 from cgrpo.policies.base import Policy
-from cgrpo.training.logging import group_grid
+from cgrpo.training.logging import MetricsWriter, group_grid
 from cgrpo.training.scoring import ScoredRewards
 from cgrpo.training.seeds import generator_for
 
@@ -34,6 +34,7 @@ class RunOutputs:
     _held_out: HeldOutCheck | None
     _eval_results: dict[str, PolicyEvaluation]
     _last_rollout: Any  # (Rollout, RewardBatch) of the latest step
+    metrics: MetricsWriter | None
 
     def _save_grid(self, step: int, max_groups: int = 4) -> None:
         rollout, rewards = self._last_rollout
@@ -53,6 +54,8 @@ class RunOutputs:
         folder = self.run_dir / "samples"
         folder.mkdir(exist_ok=True)
         grid.save(folder / f"step-{step:06d}.png")
+        if self.metrics is not None:
+            self.metrics.image("samples", grid, step)
 
     # ------------------------------------------------------------------ held-out check
     def evaluate(self, adapter: bool = True) -> dict[str, Any]:
@@ -89,6 +92,8 @@ class RunOutputs:
             list(self.scorer.columns),
         )
         grid.save(self.run_dir / "before_after.png")
+        if self.metrics is not None:
+            self.metrics.image("held_out/before_after", grid, self.step)
 
     def _write_json(self, name: str, data: Any) -> None:
         if self.is_main:
@@ -108,6 +113,8 @@ class RunOutputs:
         table = held_out_table(self.run_dir)
         if table:
             lines += ["## Held-out rewards (deterministic sampling)", "", table, ""]
+            if self.metrics is not None:
+                self.metrics.table("held_out/table", table, self.step)
         if (self.run_dir / "before_after.png").is_file():
             lines += ["![held-out: reference | base | trained](before_after.png)", ""]
         lines += [

@@ -37,6 +37,8 @@ RUN_OUTPUTS = (
     "eval_after.json",
     "before_after.png",
     "summary.md",
+    "wandb",
+    "wandb.json",
 )
 #: Fields a resumed run must keep: they shape the adapter or what it was trained for.
 FIXED_ON_RESUME = ("model.backend", "model.lora.rank", "model.lora.alpha", "model.lora.targets")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from cgrpo.config.schema import ConfigError
+from cgrpo.config.schema import ConfigError, to_dict
 from cgrpo.config.train import Config, load_config, save_config
 from cgrpo.data.base import build_dataset
 from cgrpo.grpo import make_weight_schedule
@@ -109,7 +109,11 @@ class TrainerSetup:
                 save_config(cfg, self.run_dir / "config.yaml")
         self.metrics = (
             MetricsWriter(
-                self.run_dir, cfg.logging.tensorboard, self.step if self._resume else None
+                self.run_dir,
+                cfg.logging.tensorboard,
+                self.step if self._resume else None,
+                wandb=cfg.logging.wandb,
+                config=to_dict(cfg),
             )
             if self.is_main
             else None
