@@ -153,3 +153,26 @@ def test_unknown_schedule_parameter_is_named():
 def test_schedule_parameters_are_range_checked(name, params):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         make_weight_schedule(name, **params)
+
+
+# ---------------------------------------------------------------- reversed TDW
+
+
+@pytest.mark.parametrize("n", [25, 10, 7])
+def test_reversed_tdw_is_tdw_in_reverse_step_order(n):
+    steps = torch.arange(n)
+    tdw = make_weight_schedule("tdw")(steps, n)
+    rev = make_weight_schedule("reversed-tdw")(steps, n)
+    torch.testing.assert_close(rev, tdw.flip(0))
+    # the same weights over the steps, so each role's mean weight is TDW's
+    torch.testing.assert_close(rev.mean(dim=0), tdw.mean(dim=0))
+
+
+def test_reversed_tdw_by_hand_at_25_steps():
+    rev = make_weight_schedule("reversed-tdw")
+    assert rev(0, 25).tolist() == pytest.approx([0.5, 0.5])  # TDW's last step
+    assert rev(24, 25).tolist() == pytest.approx([0.7, 0.3])  # TDW's first step
+    middle = 0.3 + 0.4 * (1 - 1 / (1 + math.exp(-0.8 * (14 - 10))))  # TDW at step 14
+    assert float(rev(10, 25)[0]) == pytest.approx(middle, abs=1e-6)
+    with pytest.raises(ValueError, match="no parameters"):
+        make_weight_schedule("reversed-tdw", w_prompt=0.5)
