@@ -194,7 +194,14 @@ def test_toybench_default_metrics_are_the_config_rewards_plus_heldout(setup, tmp
         == 0
     )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["metrics"] == ["toy-prompt", "toy-id", "gt-colour", "gt-scene"]
+    assert summary["metrics"] == [
+        "toy-prompt",
+        "toy-id",
+        "gt-colour",
+        "gt-pattern",
+        "gt-shape",
+        "gt-scene",
+    ]
     assert "toy-id" in (out / "report.html").read_text()
 
 

@@ -43,7 +43,7 @@ def test_records_hold_rewards_ground_truth_kind_and_cluster(check_and_policies, 
 
     held = load_held_out(tmp_path)
     assert [r["key"] for r in held.before] == [r["key"] for r in held.after]
-    assert held.metrics == ["mean-match", "gt-colour", "gt-scene"]
+    assert held.metrics == ["mean-match", "gt-colour", "gt-pattern", "gt-shape", "gt-scene"]
     for record in held.before + held.after:
         assert record["subject"] == record["info"]["identity"]  # the cluster: the toy identity
         assert record["kind"] in ("recontext", "property")
