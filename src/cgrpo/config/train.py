@@ -214,6 +214,13 @@ class OptimConfig:
         "keep reward models on the CPU and move each to the accelerator only to score "
         "(frees their memory while sampling and updating; two transfers per step)",
     )
+    collective_timeout: float = option(
+        600.0,
+        "seconds a process waits for the others in a collective operation before the run "
+        "stops (several processes: a machine that died or hangs); longer than a checkpoint write",
+        min=0.0,
+        min_exclusive=True,
+    )
 
 
 WANDB_MODES = ("online", "offline", "disabled")

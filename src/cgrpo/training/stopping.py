@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 
 from cgrpo.rewards.base import RewardFailure
+from cgrpo.training.distributed import lost_peer
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -42,10 +43,13 @@ def is_disk_full(error: BaseException) -> bool:
 def failure_cause(error: BaseException) -> str | None:
     """One line naming a fault a user can act on, or None for anything else (a bug).
 
-    Besides reward failures, time-outs and full disks, that is what the command line
+    Besides reward failures, time-outs, full disks, another process of the run lost
+    (:func:`~cgrpo.training.distributed.lost_peer`), that is what the command line
     reports as one line anyway: bad values or files (``ValueError``, ``OSError``), such
     as an unreadable image met in the middle of a run.
     """
+    if (lost := lost_peer(error)) is not None:
+        return lost
     if isinstance(error, TimeoutError):
         cause = f"timed out ({error})"
     elif is_disk_full(error):

@@ -43,6 +43,7 @@ from cgrpo.grpo import sliding_window
 from cgrpo.rewards.base import RewardBatch
 from cgrpo.sampling import initial_noise, merged_lora, sample_trajectory
 from cgrpo.training.checkpoint import latest_checkpoint, save_adapter_atomically, save_checkpoint
+from cgrpo.training.distributed import lost_peer, process_group_kwargs
 from cgrpo.training.faults import fault_point
 from cgrpo.training.outputs import RunOutputs
 from cgrpo.training.rollout import Rollout
@@ -74,6 +75,7 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.train.mixed_precision,
             cpu=not torch.cuda.is_available(),
+            kwargs_handlers=process_group_kwargs(config.train.collective_timeout),
         )
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
@@ -84,6 +86,7 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
         self._stage = "start-up"  # named in the message when a run stops early
         self._signals: StopSignals | None = None  # active inside train()
         self._mid_update = False  # an optimizer step of the current step has run
+        self._peer_lost = False  # a collective failed: another process is gone or silent
         self._resume = resume
         self._held_out: HeldOutCheck | None = None
         self._eval_results: dict[str, PolicyEvaluation] = {}
@@ -300,6 +303,7 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
         if self._signals is not None:
             self._signals.defer = True  # a second signal must not cut the save short
         interrupted = isinstance(error, KeyboardInterrupt)
+        self._peer_lost = lost_peer(error) is not None
         cause = None if interrupted else failure_cause(error)
         saved = self._save_after_stop(barrier=interrupted)
         where = f"at step {self.step} of {self.config.train.steps}, during {self._stage}"
@@ -320,6 +324,9 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
         """Checkpoint the completed steps if the weights hold exactly those; say what is
         on disk. Without ``barrier`` only the main process writes (the others may be
         stuck in a collective operation)."""
+        if not self.is_main and not barrier:  # process 0 may be gone: say what is on disk
+            last = latest_checkpoint(self.run_dir)
+            return f"process 0 writes checkpoints; the last one is {last or 'none yet'}"
         if self._mid_update:
             reason = f"step {self.step + 1} stopped half-way through its update"
         else:
@@ -358,7 +365,8 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
     def close(self) -> None:
         """Leave the process group cleanly (an open gloo group can abort at interpreter exit)."""
         if self.world_size > 1 and torch.distributed.is_initialized():
-            self.accelerator.wait_for_everyone()
+            if not self._peer_lost:  # a barrier would wait for a process that is gone
+                self.accelerator.wait_for_everyone()
             torch.distributed.destroy_process_group()
 
     def _check_replicas_in_sync(self) -> None:
