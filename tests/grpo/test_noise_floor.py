@@ -104,3 +104,45 @@ def test_config_errors_name_the_key_and_the_columns(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="not a preflight.json"):
         resolve_noise_floors(AdvantageConfig(noise_floor_from=str(tmp_path / "bad.json")), ["p"])
+
+
+def test_a_floor_above_every_spread_leaves_no_advantage_and_no_gradient(tiny_config, tmp_path):
+    from cgrpo.training import Trainer
+
+    cfg = tiny_config("train.steps=1", "advantage.noise_floor={toy-prompt: 100.0, toy-id: 100.0}")
+    trainer = Trainer(cfg, tmp_path / "run")
+    rollout = trainer.sample(0)
+    adv = trainer.advantages(rollout, trainer.score(rollout), 0)
+    assert adv.per_reward.eq(0).all() and adv.combined.eq(0).all()
+    assert adv.noise_floor_kept == {
+        "noise_floor/toy-prompt/kept": 0.0,
+        "noise_floor/toy-id/kept": 0.0,
+    }
+    stats = trainer.update(rollout, adv, 0)
+    assert stats["grad_norm"] == 0.0
+
+
+def test_a_floor_on_one_reward_zeroes_only_its_advantage_and_is_logged(tiny_config, tmp_path):
+    from cgrpo.training import Trainer
+
+    cfg = tiny_config("train.steps=1", "advantage.noise_floor={toy-prompt: 100.0}")
+    trainer = Trainer(cfg, tmp_path / "run")
+    rollout = trainer.sample(0)
+    rewards = trainer.score(rollout)
+    adv = trainer.advantages(rollout, rewards, 0)
+    assert adv.columns == ["toy-prompt", "toy-id"]
+    assert adv.per_reward[:, 0].eq(0).all()
+    expected = group_normalize(rewards.matrix(["toy-id"]), rollout.group_size)[:, 0]
+    torch.testing.assert_close(adv.per_reward[:, 1], expected)
+    trainer.train()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["noise_floor/toy-prompt/kept"] == 0.0
+    assert row["noise_floor/toy-id/kept"] == 1.0
+
+
+def test_an_unknown_floor_column_is_a_config_error_naming_it(tiny_config, tmp_path):
+    from cgrpo.training import Trainer
+
+    trainer = Trainer(tiny_config("advantage.noise_floor={toy-prmpt: 0.1}"), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"advantage\.noise_floor\.toy-prmpt"):
+        trainer.advantages(trainer.sample(0), trainer.score(trainer.sample(0)), 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -59,6 +59,8 @@ class Advantages:
         weights: ``[B, T, K]`` reward weights used at each trained step.
         objectives: ``[B, T, K]`` each reward's own advantage when the update combines them
             (``mgda``; ``combined`` is then their mean, for the logs only), else None.
+        noise_floor_kept: ``noise_floor/<column>/kept`` -> share of the step's groups
+            whose spread reached that reward's noise floor (empty without floors).
     """
 
     per_reward: torch.Tensor
@@ -68,6 +70,7 @@ class Advantages:
     weights: torch.Tensor
     rewards: RewardBatch
     objectives: torch.Tensor | None = None
+    noise_floor_kept: dict[str, float] = field(default_factory=dict)
 
 
 def rollout_bytes(samples: int, num_steps: int, latent_shape: tuple[int, ...]) -> int:

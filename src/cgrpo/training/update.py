@@ -20,6 +20,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from cgrpo.grpo import (
     select_timesteps_random,
     select_timesteps_window,
 )
+from cgrpo.grpo.noise_floor import floor_rewards, resolve_noise_floors
 from cgrpo.policies.base import Policy
 from cgrpo.rewards.base import RewardBatch
 from cgrpo.training.rollout import Advantages, Rollout
@@ -96,6 +98,8 @@ class PolicyUpdate:
         cols = self.trained_columns
         g = rollout.group_size
         everyone = self._all_rows(rewards.matrix(cols))
+        # groups whose spread in a reward is under its noise floor: flat in that reward
+        everyone, floor_kept = floor_rewards(everyone, g, cols, self.noise_floors)
         timesteps = self._trained_timesteps(step, everyone.shape[0], g)
         weights = self._reward_weights(timesteps)  # [W*B, T, K]
         out = compute_advantages(
@@ -115,8 +119,21 @@ class PolicyUpdate:
         objectives = out[mine] if out.ndim == 3 else None
         combined = objectives.mean(dim=-1) if objectives is not None else out[mine]
         return Advantages(
-            per_reward[mine], cols, timesteps[mine], combined, weights[mine], rewards, objectives
+            per_reward[mine],
+            cols,
+            timesteps[mine],
+            combined,
+            weights[mine],
+            rewards,
+            objectives,
+            floor_kept,
         )
+
+    @cached_property
+    def noise_floors(self) -> torch.Tensor | None:
+        """``[K]`` floors of ``advantage.noise_floor*`` for the trained columns, or None
+        (resolved on first use; a ConfigError names an unknown column or a missing file)."""
+        return resolve_noise_floors(self.config.advantage, self.trained_columns)
 
     def _all_rows(self, local: torch.Tensor) -> torch.Tensor:
         """``[W * B, K]``: every process's rows in process order (its groups' positions)."""
@@ -330,7 +347,7 @@ class PolicyUpdate:
 
     # ------------------------------------------------------------------ step metrics
     def _step_metrics(self, rewards: RewardBatch, adv: Advantages) -> dict[str, float]:
-        m: dict[str, float] = {}
+        m: dict[str, float] = dict(adv.noise_floor_kept)
         for name, values in rewards.columns.items():
             gathered = self.accelerator.gather(values.to(self.device)).float().cpu()
             m[f"reward/{name}/mean"] = float(gathered.mean())
