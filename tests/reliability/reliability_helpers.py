@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -47,6 +48,34 @@ def killed_by_fault(argv: list[str], fault: str) -> bool:
             os._exit(0)
     _, status = os.waitpid(pid, 0)
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def killed_after(argv: list[str], delay: float) -> bool:
+    """Run the command line in a forked child and SIGKILL it ``delay`` seconds after it
+    started, wherever it is; True if it was killed, False if it ended first (status 0)."""
+    from cgrpo.cli import main
+
+    pid = os.fork()
+    if pid == 0:
+        faults.reset()
+        code = 1
+        try:
+            code = main(argv)
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, (argv, status)
+            return False
+        time.sleep(0.002)
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return True
+    assert os.WEXITSTATUS(status) == 0, (argv, status)  # it ended just before the kill
+    return False
 
 
 def one_line(stderr: str) -> str:

@@ -5,12 +5,18 @@ writes a new run only into a new or empty directory, or into one of its own runs
 stopped before its first checkpoint, which starts again cleanly (its outputs are removed,
 so ``metrics.jsonl`` never mixes two runs). A directory with files it did not write (an
 evaluation folder, anything else) or with checkpoints (use ``--resume``) is refused.
+``--resume`` of a run that stopped before its first checkpoint (preempted during start-up
+or its first steps) starts it again the same way, with its saved config.
+
+``config.yaml`` is written atomically (a temporary file renamed into place), so a kill
+while it is written leaves the previous copy or none, never half a config.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +24,7 @@ from typing import Any
 
 from cgrpo import __version__
 from cgrpo.config.schema import ConfigError
-from cgrpo.config.train import Config
+from cgrpo.config.train import Config, save_config
 from cgrpo.training.checkpoint import list_checkpoints
 
 log = logging.getLogger("cgrpo.train")
@@ -27,6 +33,7 @@ MARKER = "run.json"
 #: What a run writes into its directory (removed when a run restarts from step 0).
 RUN_OUTPUTS = (
     "config.yaml",
+    "config.yaml.tmp",
     "metrics.jsonl",
     "tensorboard",
     "samples",
@@ -78,13 +85,26 @@ def claim_for_new_run(run_dir: Path) -> bool:
     return True
 
 
-def start_run_dir(run_dir: Path, restart: bool) -> None:
-    """Create (or, with ``restart``, clear the outputs of) the directory and mark it."""
+def resumable_without_checkpoint(run_dir: Path) -> bool:
+    """True for a run of cgrpo train (``run.json``) that has its config but no checkpoint
+    at all, not even a damaged one: ``--resume`` starts it again from step 0."""
+    run_dir = Path(run_dir)
+    return (
+        (run_dir / MARKER).is_file()
+        and (run_dir / "config.yaml").is_file()
+        and not list_checkpoints(run_dir)
+    )
+
+
+def start_run_dir(run_dir: Path, restart: bool, resumed: bool = False) -> None:
+    """Create (or, with ``restart``, clear the outputs of) the directory and mark it;
+    ``resumed``: the restart comes from ``--resume`` (the one line says so)."""
     run_dir = Path(run_dir)
     if restart:
         log.warning(
-            "%s holds a run stopped before its first checkpoint; starting it again from step 0",
+            "%s holds a run stopped before its first checkpoint; starting it again from step 0%s",
             run_dir,
+            " with its saved config" if resumed else "",
         )
         for name in RUN_OUTPUTS:
             target = run_dir / name
@@ -94,6 +114,16 @@ def start_run_dir(run_dir: Path, restart: bool) -> None:
                 target.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     mark_run_dir(run_dir)
+
+
+def write_run_config(config: Config, run_dir: Path) -> None:
+    """``run_dir/config.yaml``, replaced atomically (fsynced, then renamed into place)."""
+    target = Path(run_dir) / "config.yaml"
+    tmp = target.with_name(target.name + ".tmp")
+    save_config(config, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
 
 
 def mark_run_dir(run_dir: Path) -> None:

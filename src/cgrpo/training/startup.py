@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from cgrpo.config.schema import ConfigError, to_dict
-from cgrpo.config.train import Config, load_config, save_config
+from cgrpo.config.train import Config, load_config
 from cgrpo.data.base import build_dataset
 from cgrpo.grpo import make_weight_schedule
 from cgrpo.policies.base import Policy
@@ -30,7 +30,9 @@ from cgrpo.training.rundir import (
     check_resume_compatible,
     claim_for_new_run,
     mark_run_dir,
+    resumable_without_checkpoint,
     start_run_dir,
+    write_run_config,
 )
 from cgrpo.training.runs import build_policy_from_config
 from cgrpo.training.scoring import build_rewards
@@ -56,7 +58,12 @@ class TrainerSetup:
 
     def _setup(self) -> None:
         cfg = self.config
-        if self._resume:  # nothing is written before the config is checked against it
+        restart = resumed = False
+        if self._resume and resumable_without_checkpoint(self.run_dir):
+            # stopped before its first checkpoint (preempted during start-up or its first
+            # steps): the same clean restart a new run gets, with the saved config
+            self._resume, restart, resumed = False, True, True
+        elif self._resume:  # nothing is written before the config is checked against it
             candidates = intact_checkpoints(self.run_dir)
             newest = next(candidates, None)
             if newest is not None:
@@ -69,8 +76,8 @@ class TrainerSetup:
         if not self._resume:
             self.accelerator.wait_for_everyone()  # every process checked before any write
             if self.is_main:
-                start_run_dir(self.run_dir, restart)
-                save_config(cfg, self.run_dir / "config.yaml")
+                start_run_dir(self.run_dir, restart, resumed)
+                write_run_config(cfg, self.run_dir)
         self.dataset = build_dataset(cfg.data.name, cfg.data.options, "train")
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {cfg.data.name!r} has no examples")
@@ -106,7 +113,7 @@ class TrainerSetup:
             self._load_checkpoint(chain([newest], candidates) if newest else ())
             if self.is_main:
                 mark_run_dir(self.run_dir)
-                save_config(cfg, self.run_dir / "config.yaml")
+                write_run_config(cfg, self.run_dir)
         self.metrics = (
             MetricsWriter(
                 self.run_dir,
