@@ -113,7 +113,13 @@ def tiny_components(seed: int = 0, guidance_embeds: bool = False) -> dict:
 
 
 def tiny_options(**overrides) -> dict:
-    opts = {"height": SIZE, "width": SIZE, "dtype": "fp32", "max_sequence_length": MAX_SEQ}
+    opts = {
+        "height": SIZE,
+        "width": SIZE,
+        "dtype": "fp32",
+        "max_sequence_length": MAX_SEQ,
+        "text_encoder_layers": list(TEXT_LAYERS),
+    }
     opts.update(overrides)
     return opts
 
@@ -125,7 +131,6 @@ def tiny_policy(components: dict | None = None, **overrides):
     return Flux2Policy.from_components(
         **{k: c[k] for k in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")},
         options=tiny_options(**overrides),
-        text_layers=TEXT_LAYERS,
     )
 
 

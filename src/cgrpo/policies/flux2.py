@@ -107,6 +107,11 @@ class Flux2Options(DiTOptions):
         min=0.0,
     )
     max_sequence_length: int = option(512, "text tokens per prompt", min=1, max=512)
+    text_encoder_layers: tuple[int, ...] | None = option(
+        None,
+        "text-encoder hidden states stacked into the prompt embedding; null = the variant's "
+        "(klein 9, 18, 27; dev 10, 20, 30)",
+    )
 
     @property
     def true_cfg(self) -> bool:
@@ -177,10 +182,9 @@ class Flux2Policy(DiTPolicy):
         options: Mapping[str, Any] | Flux2Options | None = None,
         device: torch.device | str = "cpu",
         source: str = IN_MEMORY,
-        text_layers: Sequence[int] | None = None,
     ) -> Flux2Policy:
         """A policy around given modules (``options`` as ``model.options``, ``path`` not
-        needed); ``text_layers`` overrides the variant's stacked hidden states (tiny tests)."""
+        needed)."""
         if not isinstance(options, Flux2Options):
             options = parse(Flux2Options, {"path": source, **dict(options or {})}, "model.options")
         device = torch.device(device)
@@ -191,7 +195,8 @@ class Flux2Policy(DiTPolicy):
         if text_encoder is not None:
             text_device = device if options.text_encoder_device == "same" else torch.device("cpu")
             place(text_encoder, text_device, DTYPES[options.dtype])
-            text = _TextStack(options.variant, text_encoder, tokenizer, text_device, text_layers)
+            layers = options.text_encoder_layers
+            text = _TextStack(options.variant, text_encoder, tokenizer, text_device, layers)
         scheduler = scheduler or load_scheduler(None, SCHEDULER_DEFAULTS)
         return cls(options, transformer, vae, text, scheduler, source)
 
