@@ -65,8 +65,8 @@ def format_table(result: dict[str, Any]) -> str:
     """The plain-text report: the table, the reward pairs and one verdict line per reward."""
     header, rows = table_rows(result)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     if result["pairs"]:
         lines.append("")
         for p in result["pairs"]:

@@ -52,18 +52,16 @@ def verdict(column: str, m: dict[str, Any], imperceptible: tuple[str, ...]) -> t
             unstable.append(f"a {p} round trip" if p in ("jpeg", "resize") else f"{p}")
     if "shift" in noise and _below(noise["shift"]["rank_agreement"], STABLE_SHIFT):
         unstable.append("a 1-px shift")
+    counted = [p for p in noise if p in imperceptible or p == "shift"]
     if unstable:
-        worst = min(
-            (p for p in noise if p in imperceptible or p == "shift"),
-            key=lambda p: _value(noise[p]["rank_agreement"]),
-        )
+        worst = min(counted, key=lambda p: _value(noise[p]["rank_agreement"]))
         reasons.append(
             f"ranks flip under {' and '.join(unstable)} (worst: {worst}, Spearman "
             f"{noise[worst]['rank_agreement']:+.2f}, {noise[worst]['sign_flips']:.0%} of "
             "advantage signs flip)"
         )
-    elif noise:
-        worst = min(noise, key=lambda p: _value(noise[p]["rank_agreement"]))
+    elif counted:
+        worst = min(counted, key=lambda p: _value(noise[p]["rank_agreement"]))
         reasons.append(
             f"ranks hold (worst: {worst}, Spearman {noise[worst]['rank_agreement']:+.2f})"
         )
