@@ -272,3 +272,19 @@ def test_the_timeout_reaches_init_process_group_even_at_accelerates_default():
     for seconds in (600.0, 7.5):
         (handler,) = process_group_kwargs(seconds)
         assert handler.to_kwargs() == {"timeout": timedelta(seconds=seconds)}
+
+
+def test_a_process_other_than_0_names_the_checkpoint_on_disk(tmp_path):
+    """After a lost peer only process 0 writes; another process (whose process 0 may be the
+    one gone) names the newest checkpoint in the run directory instead of claiming a save."""
+    from types import SimpleNamespace
+
+    stub = SimpleNamespace(is_main=False, run_dir=tmp_path, _mid_update=False)
+    assert Trainer._save_after_stop(stub, barrier=False).endswith("the last one is none yet")
+    for step in (2, 3):  # written before manifests existed: an adapter file is enough
+        newest = tmp_path / "checkpoints" / f"step-{step:06d}"
+        newest.mkdir(parents=True)
+        (newest / "adapter.safetensors").write_bytes(b"")
+    assert Trainer._save_after_stop(stub, barrier=False) == (
+        f"process 0 writes checkpoints; the last one is {newest}"
+    )
