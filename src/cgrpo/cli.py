@@ -336,6 +336,20 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    from cgrpo.app import cli as app_cli
+
+    _add_command(
+        sub,
+        "app",
+        app_cli,
+        "a local web page to try a trained adapter: base | trained with scores",
+        "Serve a page on 127.0.0.1 where you pick a reference from the run's data or upload "
+        "one, type a prompt and a seed, and see the base model and the trained adapter side "
+        "by side with every reward's score (needs the extra: pip install 'cgrpo[app]').",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cgrpo",
@@ -352,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study(sub)
     _add_serve_reward(sub)
     _add_segments(sub)
+    _add_app(sub)
     _add_preflight(sub)
     return parser
 
