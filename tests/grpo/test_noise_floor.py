@@ -140,9 +140,8 @@ def test_a_floor_on_one_reward_zeroes_only_its_advantage_and_is_logged(tiny_conf
     assert row["noise_floor/toy-id/kept"] == 1.0
 
 
-def test_an_unknown_floor_column_is_a_config_error_naming_it(tiny_config, tmp_path):
+def test_an_unknown_floor_column_stops_start_up_naming_it(tiny_config, tmp_path):
     from cgrpo.training import Trainer
 
-    trainer = Trainer(tiny_config("advantage.noise_floor={toy-prmpt: 0.1}"), tmp_path / "run")
-    with pytest.raises(ConfigError, match=r"advantage\.noise_floor\.toy-prmpt"):
-        trainer.advantages(trainer.sample(0), trainer.score(trainer.sample(0)), 0)
+    with pytest.raises(ConfigError, match=r"advantage\.noise_floor\.toy-prmpt .*toy-prompt"):
+        Trainer(tiny_config("advantage.noise_floor={toy-prmpt: 0.1}"), tmp_path / "run")

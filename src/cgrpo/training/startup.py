@@ -20,6 +20,7 @@ from cgrpo.config.schema import ConfigError, to_dict
 from cgrpo.config.train import Config, load_config
 from cgrpo.data.base import build_dataset
 from cgrpo.grpo import make_weight_schedule
+from cgrpo.grpo.noise_floor import resolve_noise_floors
 from cgrpo.policies.base import Policy
 from cgrpo.sampling import make_sigmas
 from cgrpo.training.checkpoint import MANIFEST, intact_checkpoints, load_checkpoint
@@ -85,6 +86,7 @@ class TrainerSetup:
         trained = cfg.trained_rewards
         self.trained_columns = [c for c, s in self.scorer.columns.items() if s in trained]
         self.trained_columns.sort(key=lambda c: 0 if self.scorer.columns[c].role == "prompt" else 1)
+        resolve_noise_floors(cfg.advantage, self.trained_columns)  # a bad floor stops here
         sched_params: dict[str, float] = {}
         if cfg.advantage.schedule == "fixed":
             sched_params = {"w_prompt": cfg.advantage.fixed_prompt_weight}
