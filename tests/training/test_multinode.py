@@ -50,7 +50,7 @@ def log_tail(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:] if path.is_file() else ""
 
 
-def wait_for(condition, nodes, logs, what: str, limit: float = 180.0) -> None:
+def wait_for(condition, nodes, logs, what: str, limit: float = 180.0, poll: float = 0.2) -> None:
     """Poll ``condition`` until it holds; fail with the nodes' logs if a node ended or
     ``limit`` seconds passed."""
     end = time.monotonic() + limit
@@ -59,7 +59,7 @@ def wait_for(condition, nodes, logs, what: str, limit: float = 180.0) -> None:
         if ended or time.monotonic() > end:
             shown = "\n".join(f"--- node {i}\n{log_tail(log)}" for i, log in enumerate(logs))
             pytest.fail(f"waiting for {what}: nodes {ended} ended\n{shown}")
-        time.sleep(0.2)
+        time.sleep(poll)
 
 
 def start_nodes(tmp_path: Path, name: str, config: Path, run: Path, overrides: list[str]):
@@ -140,18 +140,19 @@ def test_two_nodes_train_the_one_process_lora_through_a_lost_node(tmp_path):
         *TINY,
         *shared,
         "sampling.groups_per_step=2",
+        "train.steps=4",
         "logging.checkpoint_every=1",
         # bounds the wait if the lost node's connection does not close (a hang)
         "train.collective_timeout=30",
     ]
     nodes, logs = start_nodes(tmp_path, "first", config, run, node_args)
     try:
-        first = run / "checkpoints" / "step-000001"
-        wait_for(first.is_dir, nodes, logs, "the first checkpoint")
         wait_for(lambda: all(workers_of(n.pid) for n in nodes), nodes, logs, "the workers")
         victim = next(i for i, n in enumerate(nodes) if 1 in workers_of(n.pid).values())
         survivor = 1 - victim
-        kill_node(nodes[victim])
+        first = run / "checkpoints" / "step-000001"
+        wait_for(first.is_dir, nodes, logs, "the first checkpoint", poll=0.05)
+        kill_node(nodes[victim])  # 3 steps to go: the kill lands mid-run
         # bounded: the survivor stops by itself (the wait is only a safety net)
         rc = nodes[survivor].wait(timeout=240)
     finally:
@@ -181,12 +182,11 @@ def test_two_nodes_train_the_one_process_lora_through_a_lost_node(tmp_path):
     resumed = "\n".join(log.read_text() for log in logs)
     assert "resumed from" in resumed
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    assert steps == [1, 2, 3, 4]
 
     # ... and the LoRA is the one one process trains with twice the groups
-    one = Trainer(
-        load_config(None, [*TINY, *shared, "sampling.groups_per_step=4"]), tmp_path / "one"
-    )
+    one_process = [*TINY, *shared, "sampling.groups_per_step=4", "train.steps=4"]
+    one = Trainer(load_config(None, one_process), tmp_path / "one")
     one.train()
     expected = one.policy.adapter_state_dict()
     got = load_file(str(run / "final" / "adapter.safetensors"))
