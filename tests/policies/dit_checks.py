@@ -80,3 +80,55 @@ def adapted_modules(policy) -> set[str]:
     from peft.tuners.lora import LoraLayer
 
     return {n for n, m in policy.denoiser.named_modules() if isinstance(m, LoraLayer)}
+
+
+# ----------------------------------------------------------------------------- speed levers
+def rollout(policy, cond, steps: int = 4, eta: float = 0.7, group: int = 3):
+    """A sampled group: SDE steps but the last (never trained), fixed seeds."""
+    from cgrpo.grpo import sigma_schedule
+    from cgrpo.sampling import sample_trajectory
+
+    noise = torch.randn(group, *policy.latent_shape(), generator=torch.Generator().manual_seed(3))
+    policy.eval()
+    return sample_trajectory(
+        policy,
+        cond,
+        noise,
+        sigma_schedule(steps, 3.0),
+        noise_level=eta,
+        sde_steps=torch.arange(steps) < steps - 1,
+        generator=torch.Generator().manual_seed(4),
+    )
+
+
+def recompute(policy, cond, traj, micro_batch: int, eta: float = 0.7):
+    """The update's pass as Trainer.update runs it: every (sample, trained step) pair,
+    sample-major, ``micro_batch`` pairs per forward/backward. Returns the recomputed log-probs
+    ``[B, N - 1]`` and the LoRA gradients of ``sum(advantage * log_prob)``."""
+    group, steps = traj.latents.shape[0], traj.latents.shape[1] - 1
+    advantages = torch.linspace(1.0, -0.5, group)
+    pairs = [(b, i) for b in range(group) for i in range(steps - 1)]
+    log_probs = torch.zeros(group, steps - 1)
+    policy.train()
+    policy.zero_grad(set_to_none=True)
+    for start in range(0, len(pairs), micro_batch):
+        rows = torch.tensor([b for b, _ in pairs[start : start + micro_batch]])
+        idx = torch.tensor([i for _, i in pairs[start : start + micro_batch]])
+        x = traj.latents[rows, idx]
+        v = policy(x, traj.sigmas[idx], cond.select(rows))
+        res = sde_step(v, x, traj.sigmas, idx, eta, prev_sample=traj.latents[rows, idx + 1])
+        (res.log_prob * advantages[rows]).sum().backward()
+        log_probs[rows, idx] = res.log_prob.detach()
+    # a layer that cannot reach the output (Qwen's last text-stream projection) has no gradient
+    # on the plain path and a zero one under compile: compare both as zero
+    grads = {
+        n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+        for n, p in policy.named_trainable_parameters()
+    }
+    return log_probs, grads
+
+
+def assert_same_grads(grads: dict, expected: dict) -> None:
+    assert grads.keys() == expected.keys() and grads
+    for name, g in grads.items():
+        assert torch.allclose(g, expected[name], rtol=1e-4, atol=1e-6), name
