@@ -338,11 +338,31 @@ class DiTPolicy(Policy):
             # Process-wide switch: cuDNN SDPA's backward failed for FLUX shapes (GUIDE §2).
             torch.backends.cuda.enable_cudnn_sdp(False)
 
-    def text_device(self, device: torch.device) -> torch.device:
-        return device if self.options.text_encoder_device == "same" else torch.device("cpu")
+    @staticmethod
+    def place_text(options: DiTOptions, device: torch.device, *encoders: nn.Module) -> torch.device:
+        """Put the text encoders where ``text_encoder_device`` says; returns that device."""
+        where = device if options.text_encoder_device == "same" else torch.device("cpu")
+        for encoder in encoders:
+            place(encoder, where, DTYPES[options.dtype])
+        return where
 
     def _device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
+
+    def _grid(self, height: int, width: int) -> tuple[int, int]:
+        """Packed ``(rows, cols)`` of an image of ``height x width`` pixels (2x2 patches)."""
+        f = 2 * self.vae_scale_factor
+        return height // f, width // f
+
+    def latent_shape(self) -> tuple[int, int]:
+        rows, cols = self._grid(self.options.height, self.options.width)
+        return rows * cols, int(self.denoiser.config.in_channels)
+
+    def vae_chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """``x`` in pieces of ``vae_batch_size`` images, on the VAE's device and dtype."""
+        vae = self._need_vae()
+        for start in range(0, x.shape[0], self.options.vae_batch_size):
+            yield x[start : start + self.options.vae_batch_size].to(self._device(), vae.dtype)
 
     @property
     def reference_hw(self) -> tuple[int, int]:

@@ -40,7 +40,6 @@ from cgrpo.policies.dit import (
     DiTPolicy,
     EmbeddingCache,
     fingerprint,
-    place,
     reference_pixels,
     resize_center_crop,
 )
@@ -318,7 +317,6 @@ class FluxPolicy(DiTPolicy):
         if not isinstance(options, FluxOptions):
             options = parse(FluxOptions, {"path": source, **dict(options or {})}, "model.options")
         device = torch.device(device)
-        dtype = DTYPES[options.dtype]
         if options.variant == "uno":
             n = fuse_xlabs_lora(transformer, options.uno_lora)
             log.info("fused UNO LoRA %s into %d layers", options.uno_lora, n)
@@ -331,9 +329,7 @@ class FluxPolicy(DiTPolicy):
                     "pass all of text_encoder, tokenizer, text_encoder_2, tokenizer_2 "
                     "or none of them"
                 )
-            text_device = device if options.text_encoder_device == "same" else torch.device("cpu")
-            place(text_encoder, text_device, dtype)
-            place(text_encoder_2, text_device, dtype)
+            text_device = cls.place_text(options, device, text_encoder, text_encoder_2)
             text = _TextStack(text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_device)
         return cls(options, transformer, vae, text, source)
 
@@ -371,15 +367,6 @@ class FluxPolicy(DiTPolicy):
         )
 
     # ----- geometry ---------------------------------------------------------------------
-    def _grid(self, height: int, width: int) -> tuple[int, int]:
-        """Packed ``(rows, cols)`` of an image of ``height x width`` pixels."""
-        f = 2 * self.vae_scale_factor
-        return height // f, width // f
-
-    def latent_shape(self) -> tuple[int, int]:
-        rows, cols = self._grid(self.options.height, self.options.width)
-        return rows * cols, int(self.denoiser.config.in_channels)
-
     def position_ids(self, num_references: int) -> torch.Tensor:
         """``[L + R * L_ref, 3]`` ids of target then references under the configured scheme."""
         target = self._grid(self.options.height, self.options.width)
@@ -419,12 +406,10 @@ class FluxPolicy(DiTPolicy):
         """
         vae = self._need_vae()
         pixels, num_refs = reference_pixels(references, self.reference_hw, "FLUX")
-        device = self._device()
         cfg = vae.config
         shift = cfg.shift_factor or 0.0
         chunks = []
-        for start in range(0, pixels.shape[0], self.options.vae_batch_size):
-            x = pixels[start : start + self.options.vae_batch_size].to(device, vae.dtype)
+        for x in self.vae_chunks(pixels):
             z = vae.encode(2.0 * x - 1.0).latent_dist.mode()
             chunks.append(pack_latents((z - shift) * cfg.scaling_factor))
         packed = torch.cat(chunks)  # [B * R, L_ref, C]
@@ -506,10 +491,7 @@ class FluxPolicy(DiTPolicy):
             latents, self.options.height, self.options.width, self.vae_scale_factor
         )
         z = z / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-        images = []
-        for start in range(0, z.shape[0], self.options.vae_batch_size):
-            chunk = z[start : start + self.options.vae_batch_size].to(vae.dtype)
-            images.append(vae.decode(chunk, return_dict=False)[0].float())
+        images = [vae.decode(c, return_dict=False)[0].float() for c in self.vae_chunks(z)]
         return (torch.cat(images) / 2 + 0.5).clamp(0.0, 1.0)
 
 

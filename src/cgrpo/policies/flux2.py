@@ -43,7 +43,6 @@ from cgrpo.policies.dit import (
     check_model_dir,
     fingerprint,
     load_scheduler,
-    place,
     reference_pixels,
     scheduler_sigmas,
 )
@@ -193,8 +192,7 @@ class Flux2Policy(DiTPolicy):
         if (text_encoder is None) != (tokenizer is None):
             raise ValueError("pass both text_encoder and tokenizer, or neither")
         if text_encoder is not None:
-            text_device = device if options.text_encoder_device == "same" else torch.device("cpu")
-            place(text_encoder, text_device, DTYPES[options.dtype])
+            text_device = cls.place_text(options, device, text_encoder)
             layers = options.text_encoder_layers
             text = _TextStack(options.variant, text_encoder, tokenizer, text_device, layers)
         scheduler = scheduler or load_scheduler(None, SCHEDULER_DEFAULTS)
@@ -235,14 +233,6 @@ class Flux2Policy(DiTPolicy):
         )
 
     # ----- geometry and schedule -----------------------------------------------------------
-    def _grid(self, height: int, width: int) -> tuple[int, int]:
-        f = 2 * self.vae_scale_factor
-        return height // f, width // f
-
-    def latent_shape(self) -> tuple[int, int]:
-        rows, cols = self._grid(self.options.height, self.options.width)
-        return rows * cols, int(self.denoiser.config.in_channels)
-
     def position_ids(self, num_references: int) -> torch.Tensor:
         """``[L + R * L_ref, 4]`` ids of the target then the references (pipelines' scheme)."""
         from diffusers import Flux2Pipeline
@@ -286,8 +276,7 @@ class Flux2Policy(DiTPolicy):
         vae = self._need_vae()
         pixels, num_refs = reference_pixels(references, self.reference_hw, "FLUX.2")
         chunks = []
-        for start in range(0, pixels.shape[0], self.options.vae_batch_size):
-            x = pixels[start : start + self.options.vae_batch_size].to(self._device(), vae.dtype)
+        for x in self.vae_chunks(pixels):
             z = Flux2Pipeline._patchify_latents(vae.encode(2.0 * x - 1.0).latent_dist.mode())
             mean, std = self._bn_stats(z)
             chunks.append(Flux2Pipeline._pack_latents((z - mean) / std))
@@ -389,10 +378,7 @@ class Flux2Policy(DiTPolicy):
         z = latents.to(vae.dtype).permute(0, 2, 1).reshape(b, c, rows, cols)
         mean, std = self._bn_stats(z)
         z = Flux2Pipeline._unpatchify_latents(z * std + mean)
-        images = []
-        for start in range(0, b, self.options.vae_batch_size):
-            chunk = z[start : start + self.options.vae_batch_size]
-            images.append(vae.decode(chunk, return_dict=False)[0].float())
+        images = [vae.decode(c, return_dict=False)[0].float() for c in self.vae_chunks(z)]
         return (torch.cat(images) / 2 + 0.5).clamp(0.0, 1.0)
 
 

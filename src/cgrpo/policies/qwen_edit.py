@@ -46,7 +46,6 @@ from cgrpo.policies.dit import (
     check_model_dir,
     fingerprint,
     load_scheduler,
-    place,
     reference_pixels,
     resize_center_crop,
     scheduler_sigmas,
@@ -205,8 +204,7 @@ class QwenEditPolicy(DiTPolicy):
         if any(p is not None for p in parts):
             if any(p is None for p in parts):
                 raise ValueError("pass all of text_encoder, tokenizer, processor or none of them")
-            text_device = device if options.text_encoder_device == "same" else torch.device("cpu")
-            place(text_encoder, text_device, DTYPES[options.dtype])
+            text_device = cls.place_text(options, device, text_encoder)
             text = _TextStack(text_encoder, tokenizer, processor, text_device)
         scheduler = scheduler or load_scheduler(None, SCHEDULER_DEFAULTS)
         return cls(options, transformer, vae, text, scheduler, source)
@@ -246,14 +244,6 @@ class QwenEditPolicy(DiTPolicy):
         )
 
     # ----- geometry and schedule -----------------------------------------------------------
-    def _grid(self, height: int, width: int) -> tuple[int, int]:
-        f = 2 * self.vae_scale_factor
-        return height // f, width // f
-
-    def latent_shape(self) -> tuple[int, int]:
-        rows, cols = self._grid(self.options.height, self.options.width)
-        return rows * cols, int(self.denoiser.config.in_channels)
-
     def img_shapes(self, num_references: int) -> list[tuple[int, int, int]]:
         """One sample's ``img_shapes``: ``(frames, rows, cols)`` of the target then each reference."""
         target = (1, *self._grid(self.options.height, self.options.width))
@@ -306,8 +296,7 @@ class QwenEditPolicy(DiTPolicy):
         vae = self._need_vae()
         pixels, num_refs = reference_pixels(references, self.reference_hw, "Qwen-Image-Edit")
         chunks = []
-        for start in range(0, pixels.shape[0], self.options.vae_batch_size):
-            x = pixels[start : start + self.options.vae_batch_size].to(self._device(), vae.dtype)
+        for x in self.vae_chunks(pixels):
             z = vae.encode((2.0 * x - 1.0).unsqueeze(2)).latent_dist.mode()
             mean, std = self._latent_stats(z)
             n, c, _, h, w = z.shape
@@ -407,10 +396,7 @@ class QwenEditPolicy(DiTPolicy):
         )
         mean, std = self._latent_stats(z)
         z = z * std + mean
-        images = []
-        for start in range(0, z.shape[0], self.options.vae_batch_size):
-            chunk = z[start : start + self.options.vae_batch_size]
-            images.append(vae.decode(chunk, return_dict=False)[0][:, :, 0].float())
+        images = [vae.decode(c, return_dict=False)[0][:, :, 0].float() for c in self.vae_chunks(z)]
         return (torch.cat(images) / 2 + 0.5).clamp(0.0, 1.0)
 
 
