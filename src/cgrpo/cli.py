@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,8 @@ def _train(args: argparse.Namespace, signals: StopSignals) -> int:
     try:
         summary = trainer.train()
     except Stopped as e:
+        if e.__cause__ is not None:  # a bug (TrainingCrashed): its traceback first
+            traceback.print_exception(e.__cause__, file=sys.stderr)
         print(f"cgrpo: {e}", file=sys.stderr)
         return e.exit_code
     finally:

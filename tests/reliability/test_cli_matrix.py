@@ -193,8 +193,11 @@ def test_a_full_disk_mid_run(cli, tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.setenv(ENV, "metrics#3:enospc")
     code, line = cli("train", "--output", run, *tiny_overrides, *QUIET)
     assert code == 1
-    assert line.startswith("cgrpo: training stopped at step 3 of 3, during training: disk full (")
-    assert line.endswith(f"continue with: cgrpo train --resume {run}")
+    assert line.startswith(
+        "cgrpo: training stopped at step 3 of 3, during training: disk full: could not write "
+        f"{run / 'metrics.jsonl'} (No space left on device"
+    )
+    assert line.endswith(f"continue with: cgrpo train --resume {run}; traceback in {run}/error.log")
     assert checkpoint_step(latest_checkpoint(run)) == 3
     assert metric_steps(run) == [1, 2]
 

@@ -61,9 +61,11 @@ def test_a_reward_that_fails_mid_run_keeps_the_completed_steps(tiny_config, tmp_
     message = str(info.value)
     assert message == (
         f"training stopped at step 2 of 3, during training: {cause}; checkpoint saved to "
-        f"{run / 'checkpoints' / 'step-000002'}; continue with: cgrpo train --resume {run}"
+        f"{run / 'checkpoints' / 'step-000002'}; continue with: cgrpo train --resume {run}; "
+        f"traceback in {run / 'error.log'}"
     )
     assert info.value.exit_code == 1
+    assert "Traceback (most recent call last)" in (run / "error.log").read_text()
     assert checkpoint_step(latest_checkpoint(run)) == 2
     resumed = Trainer(config, run, resume=True)
     assert resumed.step == 2
@@ -95,7 +97,7 @@ def test_a_full_disk_while_checkpointing_names_the_last_good_checkpoint(
     assert "no new checkpoint ([Errno 28] No space left on device" in message
     assert message.endswith(
         f"the last checkpoint is {run / 'checkpoints' / 'step-000001'}; "
-        f"continue with: cgrpo train --resume {run}"
+        f"continue with: cgrpo train --resume {run}; traceback in {run / 'error.log'}"
     )
     assert not list((run / "checkpoints").glob("*.tmp"))
 
@@ -111,4 +113,50 @@ def test_an_image_over_the_pixel_limit_met_mid_run(tiny_config, tmp_path):
     message = str(info.value)
     assert message.startswith("training stopped at step 0 of 3, during training: jsonl ")
     assert f"reference image {tmp_path / 'bomb.png'} is over the pixel limit" in message
-    assert "\n" not in message and message.endswith(f"cgrpo train --resume {run}")
+    assert "\n" not in message
+    assert message.endswith(f"cgrpo train --resume {run}; traceback in {run / 'error.log'}")
+
+
+@pytest.mark.parametrize(
+    "error", [ValueError("a bug"), FileNotFoundError(2, "No such file", "/x/y")], ids=repr
+)
+def test_an_unknown_error_keeps_its_traceback(tiny_overrides, tmp_path, monkeypatch, capsys, error):
+    """A bug mid-run: checkpoint first, then its traceback on stderr and in error.log, and
+    one last line that names error.log."""
+    from cgrpo.cli import main
+    from cgrpo.training.trainer import Trainer as TrainerClass
+
+    real_step = TrainerClass.train_step
+
+    def failing_step(self, step):
+        if step == 1:
+            raise error
+        return real_step(self, step)
+
+    monkeypatch.setattr(TrainerClass, "train_step", failing_step)
+    run = tmp_path / "run"
+    args = ["train", "--output", str(run), *tiny_overrides, "logging.checkpoint_every=0"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in failing_step" in err
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        f"cgrpo: training failed at step 1 of 3, during training: {type(error).__name__}: "
+        f"{error}; checkpoint saved to {run / 'checkpoints' / 'step-000001'}; "
+        f"continue with: cgrpo train --resume {run}; traceback in {run / 'error.log'}"
+    )
+    logged = (run / "error.log").read_text()
+    assert "training stopped at step 1 of 3, during training" in logged
+    assert "in failing_step" in logged and f"{type(error).__name__}: {error}" in logged
+    assert checkpoint_step(latest_checkpoint(run)) == 1
+
+
+def test_the_python_api_raises_the_crash_caused_by_the_bug(tiny_config, tmp_path, monkeypatch):
+    from cgrpo.training.stopping import TrainingCrashed
+
+    trainer = Trainer(tiny_config(), tmp_path / "run")
+    monkeypatch.setattr(trainer, "score", lambda rollout: {}["missing"])
+    with pytest.raises(TrainingCrashed) as info:
+        trainer.train()
+    assert isinstance(info.value.__cause__, KeyError)
+    assert "during training: KeyError: 'missing'" in str(info.value)

@@ -32,6 +32,12 @@ class Example:
     key: str = ""
 
 
+class BadItem(ValueError):
+    """A data item that cannot be used (an unreadable image, an invalid record); the
+    message names the item and the file. The trainer skips and counts these
+    (``data.max_bad_fraction``); other errors of a dataset are not bad data."""
+
+
 class ExampleDataset(Protocol):
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> Example: ...

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cgrpo.config import ConfigError, option, parse
-from cgrpo.data.base import DATASETS, Example, load_image
+from cgrpo.data.base import DATASETS, BadItem, Example, load_image
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class FileDataset:
     def _bad(self, where: str, problem: str) -> None:
         message = f"{self.name} {self.source} {where}: {problem}"
         if self.options.on_error == "stop":
-            raise ValueError(message)
+            raise BadItem(message)
         self.problems.append(message)
 
     def __len__(self) -> int:

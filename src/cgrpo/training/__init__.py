@@ -2,7 +2,7 @@
 
 from cgrpo.training.rollout import Advantages, Rollout
 from cgrpo.training.runs import build_policy_from_config, load_run_policy
-from cgrpo.training.stopping import Interrupted, Stopped, TrainingFailed
+from cgrpo.training.stopping import Interrupted, Stopped, TrainingCrashed, TrainingFailed
 from cgrpo.training.trainer import Trainer
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Rollout",
     "Stopped",
     "Trainer",
+    "TrainingCrashed",
     "TrainingFailed",
     "build_policy_from_config",
     "load_run_policy",

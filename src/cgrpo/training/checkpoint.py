@@ -17,6 +17,9 @@ Writing (:func:`write_directory`), so that a kill at any point leaves a usable c
 Reading (:func:`latest_checkpoint`) takes the newest checkpoint whose files match its
 manifest (``<name>.old`` stands in for a missing ``<name>``); a damaged one is skipped with
 one warning line naming the file at fault.
+
+A full disk anywhere in a write is a :class:`~cgrpo.training.writes.DiskFull` naming the file
+(:mod:`cgrpo.training.writes`), and leaves the previous checkpoint in place.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 from cgrpo.config.train import Config, save_config
 from cgrpo.policies.base import Policy
 from cgrpo.training.faults import fault_point
+from cgrpo.training.writes import save_torch, writing
 
 log = logging.getLogger("cgrpo.checkpoint")
 
@@ -93,8 +97,9 @@ def write_manifest(directory: Path, **extra: Any) -> None:
         for p in _files(directory)
     }
     target = directory / MANIFEST
-    target.write_text(json.dumps({**extra, "files": files}, indent=1))
-    _fsync(target)
+    with writing(target, "manifest"):
+        target.write_text(json.dumps({**extra, "files": files}, indent=1))
+        _fsync(target)
     _fsync(directory)
 
 
@@ -135,7 +140,8 @@ def write_directory(final: Path, label: str, **manifest_extra: Any) -> Iterator[
     fault_point(f"{label}.start")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with writing(tmp, "directory"):
+        tmp.mkdir(parents=True)
     try:
         yield tmp
         write_manifest(tmp, **manifest_extra)
@@ -155,8 +161,9 @@ def write_directory(final: Path, label: str, **manifest_extra: Any) -> Iterator[
         shutil.rmtree(old)
 
 
-def _write_file(path: Path, write: Callable[[Path], None]) -> None:
-    write(path)
+def _write_file(path: Path, label: str, write: Callable[[Path], None]) -> None:
+    with writing(path, label):
+        write(path)
     fault_point("checkpoint.file", path)
 
 
@@ -171,9 +178,12 @@ def save_checkpoint(
     scheduler: Any,
     config: Config,
     keep: int = 2,
+    state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` (see the module docstring), then prune to ``keep``."""
+    """Write checkpoint ``step`` (see the module docstring), then prune to ``keep``;
+    ``state``: more JSON fields for ``state.json`` (read back by :func:`checkpoint_state`)."""
     final = checkpoint_dir(run_dir, step)
+    state = dict(state or {})
     training_state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -181,20 +191,28 @@ def save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     with write_directory(final, "checkpoint", step=step) as tmp:
-        _write_file(tmp / "adapter.safetensors", lambda p: policy.save_adapter(p.parent))
-        _write_file(tmp / "training_state.pt", lambda p: torch.save(training_state, p))
+        _write_file(tmp / "adapter.safetensors", "adapter", lambda p: policy.save_adapter(p.parent))
+        _write_file(
+            tmp / "training_state.pt",
+            "training_state",
+            lambda p: save_torch(training_state, p),
+        )
         _write_file(
             tmp / "state.json",
-            lambda p: p.write_text(json.dumps({"step": step, "time": time.time()})),
+            "state",
+            lambda p: p.write_text(json.dumps({"step": step, "time": time.time(), **state})),
         )
-        _write_file(tmp / "config.yaml", lambda p: save_config(config, p))
+        _write_file(tmp / "config.yaml", "checkpoint_config", lambda p: save_config(config, p))
     _prune(final, keep)
     return final
 
 
 def save_adapter_atomically(policy: Policy, directory: Path) -> None:
     """The trained adapter (``final/``), written and verified like a checkpoint."""
-    with write_directory(directory, "final") as tmp:
+    with (
+        write_directory(directory, "final") as tmp,
+        writing(tmp / "adapter.safetensors", "adapter"),
+    ):
         policy.save_adapter(tmp)
 
 
@@ -255,4 +273,9 @@ def load_checkpoint(
     torch.set_rng_state(state["torch_rng"])
     if state.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(json.loads((path / "state.json").read_text())["step"])
+    return int(checkpoint_state(path)["step"])
+
+
+def checkpoint_state(path: Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint: the step and the fields saved with it."""
+    return json.loads((Path(path) / "state.json").read_text())

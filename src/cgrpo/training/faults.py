@@ -6,7 +6,10 @@ the process reaches ``<point>`` do ``<action>``:
 * ``kill`` -- SIGKILL itself (a power cut as far as the files are concerned);
 * ``tear`` -- cut the file just written to half its size, then SIGKILL (a kill mid-write);
 * ``sigterm`` / ``sigint`` -- send itself that signal (the cluster's stop, Ctrl-C);
-* ``enospc`` -- raise ``OSError(ENOSPC)`` (a full disk).
+* ``enospc`` -- raise ``OSError(ENOSPC)`` (a full disk), without a file name, as a
+  buffered write does;
+* ``full`` -- make the file about to be written a link to ``/dev/full``, so that the real
+  writer meets a full disk (at the ``write.*`` points, for writers that open the path).
 
 Points: ``startup`` (CLI, before the trainer is built), ``setup`` (trainer built),
 ``eval.before``, ``step`` (before each training step), ``eval.after``, ``metrics``
@@ -14,7 +17,10 @@ Points: ``startup`` (CLI, before the trainer is built), ``setup`` (trainer built
 ``checkpoint.file`` (after each file), ``checkpoint.written`` (files and manifest done,
 before the rename), ``checkpoint.swap`` (an older copy of the same step moved aside, the
 new one not yet in place) and ``checkpoint.renamed`` (in place, before pruning); the
-final adapter's write has the same points named ``final.*``.
+final adapter's write has the same points named ``final.*``. Before each file a run
+writes, ``write.<what>`` (:func:`cgrpo.training.writes.writing`): ``write.adapter``,
+``write.training_state``, ``write.state``, ``write.checkpoint_config``, ``write.manifest``,
+``write.config``, ``write.metrics``, ``write.grid``, ``write.json``, ``write.summary``.
 Unset (always, outside tests) it does nothing.
 """
 
@@ -61,5 +67,8 @@ def _act(action: str, name: str, path: Path | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGINT)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (injected at {name})")
+    elif action == "full" and path is not None:
+        path.unlink(missing_ok=True)
+        path.symlink_to("/dev/full")
     else:
         raise ValueError(f"{ENV}: unknown action {action!r} at {name!r}")

@@ -20,6 +20,7 @@ from cgrpo.policies.base import Policy
 from cgrpo.training.logging import MetricsWriter, group_grid
 from cgrpo.training.scoring import ScoredRewards
 from cgrpo.training.seeds import generator_for
+from cgrpo.training.writes import writing
 
 
 class RunOutputs:
@@ -51,9 +52,10 @@ class RunOutputs:
             [rollout.examples[i * g].prompt for i in range(n)],
             labels,
         )
-        folder = self.run_dir / "samples"
-        folder.mkdir(exist_ok=True)
-        grid.save(folder / f"step-{step:06d}.png")
+        path = self.run_dir / "samples" / f"step-{step:06d}.png"
+        with writing(path, "grid"):
+            path.parent.mkdir(exist_ok=True)
+            grid.save(path)
         if self.metrics is not None:
             self.metrics.image("samples", grid, step)
 
@@ -78,7 +80,8 @@ class RunOutputs:
             result = self._held_out.run(self.policy)
         self._eval_results[phase] = result
         if self.is_main:
-            self._held_out.save(self.run_dir, phase, result)
+            with writing(self.run_dir / "heldout" / phase, "heldout"):
+                self._held_out.save(self.run_dir, phase, result)
         return held_out_summary(result.records, phase)
 
     def _save_before_after_grid(self) -> None:
@@ -91,13 +94,15 @@ class RunOutputs:
             self._eval_results["after"],
             list(self.scorer.columns),
         )
-        grid.save(self.run_dir / "before_after.png")
+        with writing(self.run_dir / "before_after.png", "grid"):
+            grid.save(self.run_dir / "before_after.png")
         if self.metrics is not None:
             self.metrics.image("held_out/before_after", grid, self.step)
 
     def _write_json(self, name: str, data: Any) -> None:
         if self.is_main:
-            (self.run_dir / name).write_text(json.dumps(data, indent=2))
+            with writing(self.run_dir / name, "json"):
+                (self.run_dir / name).write_text(json.dumps(data, indent=2))
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
         lines = [
@@ -126,4 +131,5 @@ class RunOutputs:
             "- `checkpoints/`: resumable checkpoints",
             "",
         ]
-        (self.run_dir / "summary.md").write_text("\n".join(lines))
+        with writing(self.run_dir / "summary.md", "summary"):
+            (self.run_dir / "summary.md").write_text("\n".join(lines))

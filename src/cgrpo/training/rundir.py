@@ -26,6 +26,7 @@ from cgrpo import __version__
 from cgrpo.config.schema import ConfigError
 from cgrpo.config.train import Config, save_config
 from cgrpo.training.checkpoint import list_checkpoints
+from cgrpo.training.writes import writing
 
 log = logging.getLogger("cgrpo.train")
 
@@ -120,10 +121,11 @@ def write_run_config(config: Config, run_dir: Path) -> None:
     """``run_dir/config.yaml``, replaced atomically (fsynced, then renamed into place)."""
     target = Path(run_dir) / "config.yaml"
     tmp = target.with_name(target.name + ".tmp")
-    save_config(config, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    with writing(tmp, "config"):
+        save_config(config, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
 
 
 def mark_run_dir(run_dir: Path) -> None:

@@ -23,7 +23,12 @@ from cgrpo.grpo import make_weight_schedule
 from cgrpo.grpo.noise_floor import resolve_noise_floors
 from cgrpo.policies.base import Policy
 from cgrpo.sampling import make_sigmas
-from cgrpo.training.checkpoint import MANIFEST, intact_checkpoints, load_checkpoint
+from cgrpo.training.checkpoint import (
+    MANIFEST,
+    intact_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from cgrpo.training.faults import fault_point
 from cgrpo.training.logging import MetricsWriter
 from cgrpo.training.rollout import check_rollout_fits, memory_bytes
@@ -38,6 +43,7 @@ from cgrpo.training.rundir import (
 from cgrpo.training.runs import build_policy_from_config
 from cgrpo.training.scoring import build_rewards
 from cgrpo.training.seeds import derive_seed
+from cgrpo.training.writes import DiskFull
 
 log = logging.getLogger("cgrpo.train")
 
@@ -58,6 +64,15 @@ class TrainerSetup:
     _begin_update: Callable[[], None]  # registered as the optimizer's pre-step hook
 
     def _setup(self) -> None:
+        """Build everything (see the class); a full disk names the last checkpoint too."""
+        try:
+            self._build()
+        except DiskFull as e:
+            last = latest_checkpoint(self.run_dir)
+            e.message += f"; the last checkpoint is {last}" if last else "; no checkpoint yet"
+            raise
+
+    def _build(self) -> None:
         cfg = self.config
         restart = resumed = False
         if self._resume and resumable_without_checkpoint(self.run_dir):

@@ -50,13 +50,9 @@ from cgrpo.training.rollout import Rollout
 from cgrpo.training.seeds import generator_for
 from cgrpo.training.signals import StopRequested, StopSignals, exit_code
 from cgrpo.training.startup import TrainerSetup
-from cgrpo.training.stopping import (
-    Interrupted,
-    TrainingFailed,
-    failure_cause,
-    resume_command,
-)
+from cgrpo.training.stopping import Interrupted, failure, failure_cause, resume_command
 from cgrpo.training.update import PolicyUpdate
+from cgrpo.training.writes import quiet_writer_threads, writing
 
 log = logging.getLogger("cgrpo.train")
 
@@ -213,14 +209,16 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
 
         SIGINT or SIGTERM in any stage, or a fault :func:`failure_cause` can name, saves a
         checkpoint of the completed steps and raises :class:`Stopped` with one line for
-        the user; any other error saves it too, then propagates.
+        the user; any other error saves it too, then raises ``TrainingCrashed`` caused by
+        it (its traceback kept). Failures write their traceback to ``RUN/error.log``.
         """
-        with StopSignals(defer=self.world_size > 1) as signals:
+        with StopSignals(defer=self.world_size > 1) as signals, quiet_writer_threads():
             self._signals = signals
             try:
                 return self._run_stages()
             except BaseException as error:
-                raise self._stopped(error) from None
+                stopped = self._stopped(error)
+                raise stopped from stopped.__cause__  # a bug's own error, with its traceback
             finally:
                 self._signals = None
 
@@ -313,12 +311,9 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
                 f"interrupted ({name}) {where}; {saved}; {resume_command(self.run_dir)}",
                 exit_code(error),
             )
-        if cause is None:  # a bug or an unforeseen fault: keep its traceback
-            log.error("training failed %s; %s; %s", where, saved, resume_command(self.run_dir))
+        if cause is None and not isinstance(error, Exception):  # SystemExit and the like
             return error
-        return TrainingFailed(
-            f"training stopped {where}: {cause}; {saved}; {resume_command(self.run_dir)}"
-        )
+        return failure(error, cause, where, saved, self.run_dir, self.rank)
 
     def _save_after_stop(self, barrier: bool) -> str:
         """Checkpoint the completed steps if the weights hold exactly those; say what is
@@ -344,7 +339,10 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
         if self.metrics is not None and (
             step % cfg.log_every == 0 or step == self.config.train.steps
         ):
-            self.metrics.write(step, metrics)
+            with writing(
+                self.metrics.path, "metrics", {"tensorboard": self.run_dir / "tensorboard"}
+            ):
+                self.metrics.write(step, metrics)
         if bar is not None:
             shown = {
                 k.split("/")[1]: f"{v:.3f}"
