@@ -20,7 +20,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def qwen_tokenizer():
+def qwen_tokenizer(extra_special: tuple[str, ...] = ()):
+    """A byte-level Qwen2 tokenizer (no merges) with the chat special tokens, any
+    ``extra_special`` ones, and a minimal chat template."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -33,9 +35,8 @@ def qwen_tokenizer():
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )
-    tok.add_special_tokens(
-        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]}
-    )
+    special = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", *extra_special]
+    tok.add_special_tokens({"additional_special_tokens": special})
     tok.chat_template = CHAT_TEMPLATE
     return tok
 

@@ -18,25 +18,13 @@ import contextlib
 import torch
 
 SIZE = 32  # target, VAE references and the VLM's view of a reference
-SPECIAL = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
-VISION = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+VISION = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def tokenizer():
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from flux2_tiny import qwen_tokenizer
 
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    tok = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=[],
-        unk_token=None,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-    )
-    tok.add_special_tokens({"additional_special_tokens": SPECIAL + VISION})
-    return tok
+    return qwen_tokenizer(VISION)
 
 
 def processor(tok):

@@ -12,17 +12,17 @@ import torch
 
 pytest.importorskip("diffusers")
 
+import dit_checks  # noqa: E402
+from dit_checks import assert_same_grads  # noqa: E402
 from flux_tiny import tiny_run_config, tiny_transformer  # noqa: E402
 
-from cgrpo.grpo import sde_step, sigma_schedule  # noqa: E402
 from cgrpo.policies import LoraSettings  # noqa: E402
 from cgrpo.policies.flux import FluxPolicy  # noqa: E402
 from cgrpo.policies.flux_blocks import evenly_spaced, transformer_blocks  # noqa: E402
-from cgrpo.sampling import merged_lora, sample_trajectory  # noqa: E402
+from cgrpo.sampling import merged_lora  # noqa: E402
 
 SIZE = 64  # no VAE: scale factor 8, so a 4 x 4 packed grid, 16 target + 16 reference tokens
 GROUP, STEPS, ETA = 3, 4, 0.7
-STOCHASTIC = torch.tensor([True, True, True, False])  # the last step is never trained
 
 
 @pytest.fixture(autouse=True)
@@ -47,41 +47,14 @@ def condition(policy: FluxPolicy):
     return policy.condition_from_embeddings(text, pooled, refs, 1).repeat_interleave(GROUP)
 
 
-def rollout(policy: FluxPolicy, **kwargs):
-    noise = torch.randn(GROUP, *policy.latent_shape(), generator=torch.Generator().manual_seed(3))
-    policy.eval()
-    return sample_trajectory(
-        policy,
-        condition(policy),
-        noise,
-        sigma_schedule(STEPS, 3.0),
-        noise_level=ETA,
-        sde_steps=STOCHASTIC,
-        generator=torch.Generator().manual_seed(4),
-        **kwargs,
-    )
+def rollout(policy: FluxPolicy):
+    return dit_checks.rollout(policy, condition(policy), steps=STEPS, eta=ETA, group=GROUP)
 
 
 def recompute(policy: FluxPolicy, traj, micro_batch: int):
-    """The update's pass, as Trainer.update runs it: every (sample, trained step) pair,
-    sample-major, ``micro_batch`` pairs per forward/backward. Returns the recomputed
-    log-probs ``[GROUP, STEPS - 1]`` and the LoRA gradients of ``sum(adv * log_prob)``."""
-    cond, sigmas = condition(policy), traj.sigmas
-    advantages = torch.tensor([1.0, -0.5, 0.25])
-    pairs = [(b, i) for b in range(GROUP) for i in range(STEPS - 1)]
-    log_probs = torch.zeros(GROUP, STEPS - 1)
-    policy.train()
-    policy.zero_grad(set_to_none=True)
-    for start in range(0, len(pairs), micro_batch):
-        rows = torch.tensor([b for b, _ in pairs[start : start + micro_batch]])
-        steps = torch.tensor([i for _, i in pairs[start : start + micro_batch]])
-        x = traj.latents[rows, steps]
-        v = policy(x, sigmas[steps], cond.select(rows))
-        res = sde_step(v, x, sigmas, steps, ETA, prev_sample=traj.latents[rows, steps + 1])
-        (res.log_prob * advantages[rows]).sum().backward()
-        log_probs[rows, steps] = res.log_prob.detach()
-    grads = {n: p.grad.clone() for n, p in policy.named_trainable_parameters()}
-    return log_probs, grads
+    """The update's pass (:func:`dit_checks.recompute`): log-probs ``[GROUP, STEPS - 1]`` and
+    the LoRA gradients of ``sum(adv * log_prob)``."""
+    return dit_checks.recompute(policy, condition(policy), traj, micro_batch, eta=ETA)
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +66,6 @@ def plain():
     assert torch.allclose(log_probs, traj.log_probs[:, :-1], atol=1e-6)  # ratio 1
     assert sum(float(g.abs().sum()) for g in grads.values()) > 0
     return traj, log_probs, grads
-
-
-def assert_same_grads(grads, expected):
-    assert grads.keys() == expected.keys()
-    for name, g in grads.items():
-        assert torch.allclose(g, expected[name], rtol=1e-4, atol=1e-6), name
 
 
 @pytest.mark.parametrize(
