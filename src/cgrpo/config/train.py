@@ -72,6 +72,13 @@ class ModelConfig:
 class DataConfig:
     name: str = option("toyworld", "dataset: toyworld, syncd, jsonl or hf (see README)")
     options: dict[str, Any] = option(default_factory=dict, help="dataset options (see README)")
+    max_bad_fraction: float = option(
+        0.01,
+        "share of the training items that may be unreadable or invalid: each is skipped, "
+        "logged once and counted (data/bad_items in metrics.jsonl); past it the run stops",
+        min=0.0,
+        max=1.0,
+    )
 
 
 @dataclass
