@@ -41,6 +41,29 @@ def qwen_tokenizer(extra_special: tuple[str, ...] = ()):
     return tok
 
 
+def mistral_text(seed: int = 3) -> dict:
+    """FLUX.2-dev's text side, tiny: a 3-layer Mistral3 (1-layer Pixtral vision tower, unused
+    for text) and the byte-level tokenizer with a template for content lists."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    tok = qwen_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+        "{{ c['text'] }}{% endfor %}<|im_end|>\n{% endfor %}"
+    )
+    text = {"model_type": "mistral", "hidden_size": 16, "intermediate_size": 32}
+    text.update(num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, head_dim=8)
+    vision = {"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 16}
+    vision.update(num_hidden_layers=1, num_attention_heads=2, head_dim=8, image_size=28)
+    config = Mistral3Config(
+        text_config={**text, "vocab_size": len(tok), "max_position_embeddings": 512},
+        vision_config={**vision, "patch_size": 14},
+        image_token_index=1,
+    )
+    torch.manual_seed(seed)
+    return {"text_encoder": Mistral3ForConditionalGeneration(config), "tokenizer": tok}
+
+
 def tiny_transformer(seed: int = 0, guidance_embeds: bool = False, layers: int = 1):
     from diffusers import Flux2Transformer2DModel
 

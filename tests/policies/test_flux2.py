@@ -21,6 +21,7 @@ from flux2_tiny import (  # noqa: E402
     SIZE,
     TEXT_LAYERS,
     klein_pipeline,
+    mistral_text,
     tiny_components,
     tiny_options,
     tiny_policy,
@@ -91,49 +92,40 @@ def test_klein_deterministic_sampling_matches_the_pipeline_with_two_references(g
     assert image.std() > 0.01  # a real image, not a constant
 
 
-def test_dev_embedded_guidance_matches_flux2_pipeline_from_prompt_embeddings():
+def test_dev_embedded_guidance_and_mistral_text_match_flux2_pipeline():
     from diffusers import Flux2Pipeline
 
-    comps = tiny_components(guidance_embeds=True)
-    policy = Flux2Policy.from_components(
-        transformer=comps["transformer"],
-        vae=comps["vae"],
-        scheduler=comps["scheduler"],
-        options=tiny_options(variant="dev", guidance=2.5),
-    )
+    comps = {**tiny_components(guidance_embeds=True), **mistral_text()}
+    options = tiny_options(variant="dev", guidance=2.5, max_sequence_length=256)
+    policy = tiny_policy(comps, **options)
     pil, refs = pil_references(1, SIZE, seed=4)
-    embeds = torch.randn(1, 7, 48, generator=torch.Generator().manual_seed(5))
     noise = _noise(policy, seed=1)
     sigmas = policy.dynamic_sigmas(3)
     with torch.no_grad():
-        cond = policy.condition_from_embeddings(embeds, policy.encode_references([refs]), 1)
+        cond = policy.encode([PROMPT], [refs])
         ours = euler(policy, cond, noise, sigmas)
         image = policy.decode(ours[-1])
-    pipe = Flux2Pipeline(
-        scheduler=comps["scheduler"],
-        vae=comps["vae"],
-        text_encoder=None,
-        tokenizer=None,
-        transformer=comps["transformer"],
-    )
+        other = policy.encode(["a red backpack"], [refs]).tensors["prompt_embeds"]
+    assert not torch.allclose(other, cond.tensors["prompt_embeds"])  # the prompt is not cut off
+    pipe = Flux2Pipeline(**comps)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
         image=pil,
-        prompt_embeds=embeds,
+        prompt=PROMPT,
         height=SIZE,
         width=SIZE,
         num_inference_steps=3,
         guidance_scale=2.5,
         latents=_unpacked(noise),
         output_type="pt",
+        max_sequence_length=256,
+        text_encoder_out_layers=TEXT_LAYERS,
     ).images
     assert (out - image).abs().max() < 1e-4
     with torch.no_grad():  # the guidance value reaches the model
-        other = Flux2Policy.from_components(
-            transformer=comps["transformer"], options=tiny_options(variant="dev", guidance=5.0)
-        )
+        louder = tiny_policy(comps, **{**options, "guidance": 5.0})
         x, s = noise, sigmas[:1]
-        assert not torch.allclose(other(x, s, cond), policy(x, s, cond), atol=1e-5)
+        assert not torch.allclose(louder(x, s, cond), policy(x, s, cond), atol=1e-5)
 
 
 def test_true_cfg_is_the_guided_combination_of_two_passes():
