@@ -143,6 +143,7 @@ def test_asked_for_but_not_installed_is_one_line(tmp_path, tiny_config, monkeypa
         MissingExtra, match=r"logging.wandb needs the optional extra 'wandb'.*cgrpo\[wandb\]"
     ):
         Trainer(tiny_config(*WANDB, "train.steps=1"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # stopped before anything was written
 
 
 def test_markdown_table():

@@ -103,6 +103,15 @@ class MetricsWriter:
             self.wandb = None
 
 
+def check_wandb(options: WandbConfig) -> None:
+    """Raise :class:`cgrpo.extras.MissingExtra` if ``options`` ask for W&B and it is not
+    installed (nothing is imported when they do not)."""
+    if options.project is not None:
+        from cgrpo.extras import require_extra
+
+        require_extra("wandb", "wandb", "logging.wandb")
+
+
 class WandbRun:
     """One W&B run per run directory: per-step metrics, images, tables and the config.
 

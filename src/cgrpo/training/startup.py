@@ -30,7 +30,7 @@ from cgrpo.training.checkpoint import (
     load_checkpoint,
 )
 from cgrpo.training.faults import fault_point
-from cgrpo.training.logging import MetricsWriter
+from cgrpo.training.logging import MetricsWriter, check_wandb
 from cgrpo.training.rollout import check_rollout_fits, memory_bytes
 from cgrpo.training.rundir import (
     check_resume_compatible,
@@ -74,6 +74,7 @@ class TrainerSetup:
 
     def _build(self) -> None:
         cfg = self.config
+        check_wandb(cfg.logging.wandb)  # a missing extra stops before anything is written
         restart = resumed = False
         if self._resume and resumable_without_checkpoint(self.run_dir):
             # stopped before its first checkpoint (preempted during start-up or its first
