@@ -39,7 +39,8 @@ def processor(tok):
     return ImageTextProcessor(image_processor=Qwen2VLImageProcessorPil(), tokenizer=tok)
 
 
-def tiny_transformer(seed: int = 0):
+def tiny_transformer(seed: int = 0, zero_cond_t: bool = False):
+    """``zero_cond_t``: Qwen-Image-Edit-2511's reference tokens modulated at timestep 0."""
     from diffusers import QwenImageTransformer2DModel
 
     torch.manual_seed(seed)
@@ -53,6 +54,7 @@ def tiny_transformer(seed: int = 0):
         joint_attention_dim=16,
         guidance_embeds=False,
         axes_dims_rope=(8, 4, 4),
+        zero_cond_t=zero_cond_t,
     )
 
 

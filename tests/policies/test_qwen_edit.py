@@ -49,8 +49,15 @@ def _noise(policy, n: int = 1, seed: int = 0) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- parity
-@pytest.mark.parametrize("guidance", [4.0, 1.0], ids=["true-cfg", "no-cfg"])
-def test_deterministic_sampling_matches_the_pipeline_with_two_references(comps, guidance):
+@pytest.mark.parametrize(
+    "guidance,zero_cond_t",
+    [(4.0, False), (1.0, False), (4.0, True)],
+    ids=["true-cfg", "no-cfg", "2511-zero-cond-t"],
+)
+def test_deterministic_sampling_matches_the_pipeline_with_two_references(
+    comps, guidance, zero_cond_t
+):
+    comps = {**comps, "transformer": tiny_transformer(zero_cond_t=zero_cond_t)}
     policy = tiny_policy(comps, guidance=guidance)
     pil, refs = pil_references(2, SIZE)
     noise = _noise(policy)
