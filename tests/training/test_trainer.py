@@ -46,7 +46,14 @@ def test_three_steps_write_a_complete_run(tiny_config, tmp_path):
     assert len(list((run / "samples").glob("*.png"))) == 3
     assert [p.name for p in list_checkpoints(run)] == ["step-000002", "step-000003"]
     # config rewards + the toy world's ground-truth measures, per item in heldout/<phase>/
-    assert set(summary["before"]["means"]) == {"toy-prompt", "toy-id", "gt-colour", "gt-scene"}
+    assert set(summary["before"]["means"]) == {
+        "toy-prompt",
+        "toy-id",
+        "gt-colour",
+        "gt-pattern",
+        "gt-shape",
+        "gt-scene",
+    }
     assert "Held-out rewards" in (run / "summary.md").read_text()
     assert (run / "before_after.png").is_file()
     held = load_held_out(run)
