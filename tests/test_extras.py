@@ -21,23 +21,8 @@ print(json.dumps(sorted(m for m in %r if m in sys.modules)))
 """
 
 
-def test_cgrpo_and_other_commands_do_not_import_the_extras():
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT % (EXTRAS,)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-
-
-def test_the_probe_sees_an_import():
-    """The same probe reports an extra once something imports it (it can fail)."""
-    script = SCRIPT.replace(
-        "dataset[0]",
-        "dataset[0]\nimport cgrpo.extras; cgrpo.extras.require_extra('wandb', 'wandb', 'x')",
-    )
+def _imported(script: str) -> list[str]:
+    """The extras ``script`` (run in a fresh interpreter) left in ``sys.modules``."""
     out = subprocess.run(
         [sys.executable, "-c", script % (EXTRAS,)],
         capture_output=True,
@@ -45,4 +30,14 @@ def test_the_probe_sees_an_import():
         timeout=300,
         check=True,
     )
-    assert "wandb" in json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cgrpo_and_other_commands_do_not_import_the_extras():
+    assert _imported(SCRIPT) == []
+
+
+def test_the_probe_sees_an_import():
+    """The same probe reports an extra once something imports it (it can fail)."""
+    uses_wandb = "import cgrpo.extras; cgrpo.extras.require_extra('wandb', 'wandb', 'x')"
+    assert "wandb" in _imported(SCRIPT.replace("dataset[0]", "dataset[0]\n" + uses_wandb))

@@ -83,6 +83,16 @@ def build_page(tryout: Tryout):
             raise gr.Error(str(e)) from None
         return shown(result.base), shown(result.trained), result.table()
 
+    def picture(label: str, elem_id: str, value: Any = None):
+        return gr.Image(
+            value,
+            label=label,
+            interactive=False,
+            format="png",
+            buttons=BUTTONS,
+            elem_id=elem_id,
+        )
+
     with gr.Blocks(title=f"cgrpo app: {tryout.run_dir.name}", analytics_enabled=False) as page:
         gr.Markdown(intro)
         with gr.Row():
@@ -99,13 +109,8 @@ def build_page(tryout: Tryout):
                     label="... or upload reference image(s) (used instead when given)",
                     elem_id="cgrpo-upload",
                 )
-                preview = gr.Image(
-                    shown(first.references[0]) if first else None,
-                    label="reference",
-                    interactive=False,
-                    format="png",
-                    buttons=BUTTONS,
-                    elem_id="cgrpo-reference",
+                preview = picture(
+                    "reference", "cgrpo-reference", shown(first.references[0]) if first else None
                 )
                 prompt = gr.Textbox(
                     first.prompt if first else "", label="Prompt", elem_id="cgrpo-prompt"
@@ -114,20 +119,8 @@ def build_page(tryout: Tryout):
                 button = gr.Button("Generate", variant="primary", elem_id="cgrpo-generate")
             with gr.Column(scale=2):
                 with gr.Row():
-                    base = gr.Image(
-                        label="base",
-                        interactive=False,
-                        format="png",
-                        buttons=BUTTONS,
-                        elem_id="cgrpo-base",
-                    )
-                    trained = gr.Image(
-                        label="trained",
-                        interactive=False,
-                        format="png",
-                        buttons=BUTTONS,
-                        elem_id="cgrpo-trained",
-                    )
+                    base = picture("base", "cgrpo-base")
+                    trained = picture("trained", "cgrpo-trained")
                 scores = gr.Markdown(elem_id="cgrpo-scores")
         choice.change(on_choice, inputs=choice, outputs=[preview, prompt])
         upload.change(on_upload, inputs=[upload, choice], outputs=preview)

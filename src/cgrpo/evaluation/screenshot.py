@@ -12,6 +12,17 @@ import tempfile
 from pathlib import Path
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+#: Headless, and nothing a page did not ask for: no network of its own, no sync, no first-run UI.
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 def find_chromium() -> str | None:
@@ -50,14 +61,7 @@ def screenshot(
         # No network, no sync, no first-run UI: the page must render from local files alone.
         cmd = [
             browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *HEADLESS_FLAGS,
             f"--user-data-dir={profile}",
             f"--screenshot={png}",
             f"--window-size={width},{height}",
@@ -72,4 +76,4 @@ def screenshot(
     return png
 
 
-__all__ = ["find_chromium", "screenshot"]
+__all__ = ["HEADLESS_FLAGS", "find_chromium", "screenshot"]
