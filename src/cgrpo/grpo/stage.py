@@ -5,7 +5,7 @@ Three steps, each optional where a strategy says so:
 1. **group-relative normalisation** of each reward (:func:`~cgrpo.grpo.group_normalize`,
    ``normalize = "group" | "batch" | "none"``);
 2. a **combiner** merging the K columns with the reward weights (``linear``, ``sars``, ...);
-   strategies marked ``raw`` (``sum-normalize``, ``gate``) combine the raw rewards instead
+   strategies with a ``raw_combiner`` (``sum-normalize``, ``gate``) combine the raw rewards
    and apply step 1 to the combined value;
 3. an optional **batch normalisation** of the result (always on for ``gdpo``).
 
@@ -77,20 +77,19 @@ def _gate(raw: Tensor, weights: Tensor, roles: Sequence[str], gate: GateParams) 
 class Strategy:
     """One ``advantage.strategy``.
 
+    The formulas: README "Advantage strategies" and :func:`compute_advantages`.
+
     Attributes:
-        summary: the formula, for the README table and error messages.
         combiner: name in :data:`~cgrpo.grpo.ADVANTAGE_STRATEGIES` applied to the per-reward
             advantages, or ``None`` (``raw`` strategies, and ``mgda``).
-        raw: combine the raw rewards with ``raw_combiner``; group-relative step after.
-        raw_combiner: ``(raw [B, K], weights [B, K], roles, gate) -> [B]``.
+        raw_combiner: ``(raw [B, K], weights [B, K], roles, gate) -> [B]``, for strategies
+            that combine the raw rewards; the group-relative step comes after it.
         batch_normalize: z-score the result over the batch (GDPO).
         per_reward: return every reward's advantage ``[..., K]`` (combined in the update).
         needs: ``"roles"``: rewards of both roles prompt and identity; ``"several"``: K >= 2.
     """
 
-    summary: str
     combiner: str | None = None
-    raw: bool = False
     raw_combiner: RawCombiner | None = None
     batch_normalize: bool = False
     per_reward: bool = False
@@ -99,30 +98,17 @@ class Strategy:
 
 #: Every ``advantage.strategy``; unknown names raise ValueError listing these.
 STRATEGIES: dict[str, Strategy] = {
-    "linear": Strategy("sum_k w_k A_k", combiner="linear"),
-    "sars": Strategy("sum_k w_k A_k + gamma * synergy(A)", combiner="sars", needs="roles"),
-    "harmonic": Strategy(
-        "sum_k w_k A_k + gamma * mean_pairs A_j A_l / (A_j + A_l)",
-        combiner="harmonic",
-        needs="roles",
-    ),
-    "min": Strategy("min_k A_k", combiner="min"),
-    "max": Strategy("max_k A_k", combiner="max"),
-    "product": Strategy("z_g(prod_k softplus(A_k)^w_k)", combiner="product"),
-    "product-2w": Strategy("z_g(prod_k softplus(A_k)^(2 w_k))", combiner="product-2w"),
-    "sum-normalize": Strategy("z_g(sum_k w_k r_k)", raw=True, raw_combiner=_sum_raw),
-    "gdpo": Strategy("z_B(sum_k w_k A_k)", combiner="linear", batch_normalize=True),
-    "gate": Strategy(
-        "z_g(w_p r_p - lambda * w_id * max(0, tau - r_id)^2)",
-        raw=True,
-        raw_combiner=_gate,
-        needs="roles",
-    ),
-    "mgda": Strategy(
-        "update sum_k alpha_k g_k / |g_k| * mean_k |g_k|, alpha = min-norm on the simplex",
-        per_reward=True,
-        needs="several",
-    ),
+    "linear": Strategy(combiner="linear"),
+    "sars": Strategy(combiner="sars", needs="roles"),
+    "harmonic": Strategy(combiner="harmonic", needs="roles"),
+    "min": Strategy(combiner="min"),
+    "max": Strategy(combiner="max"),
+    "product": Strategy(combiner="product"),
+    "product-2w": Strategy(combiner="product-2w"),
+    "sum-normalize": Strategy(raw_combiner=_sum_raw),
+    "gdpo": Strategy(combiner="linear", batch_normalize=True),
+    "gate": Strategy(raw_combiner=_gate, needs="roles"),
+    "mgda": Strategy(per_reward=True, needs="several"),
 }
 
 
@@ -218,8 +204,7 @@ def compute_advantages(
         raise ValueError(f"weights must have shape [{batch}, T, {k}], got {list(w.shape)}")
     steps = w.shape[1]
 
-    if spec.raw:
-        assert spec.raw_combiner is not None
+    if spec.raw_combiner is not None:
         check_groups(batch, group_size)
         check_finite_columns(values, column_names, "reward")
         params = gate or GateParams()
