@@ -149,3 +149,13 @@ def test_asked_for_but_not_installed_is_one_line(tmp_path, tiny_config, monkeypa
 def test_markdown_table():
     md = "| a | b |\n|---|---:|\n| 1 | x |\n| 2 | y |"
     assert markdown_table(md) == (["a", "b"], [["1", "x"], ["2", "y"]])
+
+
+def test_a_wandb_that_does_not_start_is_one_line(tmp_path, tiny_config, monkeypatch):
+    def no_key(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+    config = tiny_config("logging.wandb.project=p", "train.steps=1")
+    with pytest.raises(ValueError, match=r"logging.wandb: W&B did not start \(No API key.*offline"):
+        Trainer(config, tmp_path / "run")

@@ -145,19 +145,24 @@ class WandbRun:
             id_file.write_text(json.dumps({"id": run_id}) + "\n")
         self._wandb = wandb
         self._last_step = -1
-        self.run = wandb.init(
-            project=options.project,
-            entity=options.entity,
-            mode=options.mode,
-            tags=list(options.tags) or None,
-            name=run_dir.resolve().name,
-            id=run_id,
-            resume="allow",
-            dir=str(run_dir),
-            config=config,
-            reinit="create_new",
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
-        )
+        try:
+            self.run = wandb.init(
+                project=options.project,
+                entity=options.entity,
+                mode=options.mode,
+                tags=list(options.tags) or None,
+                name=run_dir.resolve().name,
+                id=run_id,
+                resume="allow",
+                dir=str(run_dir),
+                config=config,
+                reinit="create_new",
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+            )
+        except wandb.errors.Error as e:  # e.g. online without an API key
+            raise ValueError(
+                f"logging.wandb: W&B did not start ({e}); mode: offline needs no account"
+            ) from None
 
     def _step_ok(self, step: int) -> bool:
         # W&B refuses a step below the last one it holds (a resumed run re-runs some).
