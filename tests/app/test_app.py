@@ -152,6 +152,23 @@ def test_page_in_a_real_browser(tryout, tmp_path, monkeypatch):
     from cgrpo.app import page as app_page
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    # the server side (Gradio runs in this process) may look up and reach only this machine
+    outside: list = []
+    lookup, connect = socket.getaddrinfo, socket.socket.connect
+
+    def local_lookup(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", None):
+            outside.append(host)
+        return lookup(host, *args, **kwargs)
+
+    def local_connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            outside.append(address)
+            raise OSError(f"test: no connections off this machine ({address})")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_lookup)
+    monkeypatch.setattr(socket.socket, "connect", local_connect)
     port = _free_port()
     page = app_page.launch(tryout, "127.0.0.1", port, block=False)
     try:
@@ -194,6 +211,7 @@ def test_page_in_a_real_browser(tryout, tmp_path, monkeypatch):
             urls = browser.requested_urls()
     finally:
         page.close()
+    assert outside == []
     with Image.open(tmp_path / "app.png") as screenshot:
         assert screenshot.size[0] >= 1200 and screenshot.size[1] >= 600  # less a scroll bar
     assert urls and all(
