@@ -121,12 +121,13 @@ def test_bad_entries_are_skipped_counted_and_logged_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="cgrpo.data.files"):
         data = _syncd(tmp_path, entries, on_error="skip")
         assert len(data) == 3 and data.skipped == 3
-        assert len(caplog.records) == 1 and "skipped 3 bad entries" in caplog.text
+        assert len(caplog.records) == 3  # each bad entry once, with its path
+        assert f"entry 1: reference 0 not found: {tmp_path / 'missing.png'}" in caplog.text
         assert data[1].prompt == "good"  # entry 3 is unreadable: the next good one (wrapping)
         assert data[2].prompt == "good"
         assert data[1].prompt == "good"  # a known-broken entry is not counted twice
     assert data.skipped == 5 and any("broken2.png" in p for p in data.problems)
-    assert len(caplog.records) == 2  # one summary at build time, one at the first load failure
+    assert len(caplog.records) == 4  # three at build time, one at the first load failure
 
 
 def test_jsonl_with_explicit_masks_metadata_and_line_numbers(tmp_path):

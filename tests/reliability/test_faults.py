@@ -111,7 +111,10 @@ def test_an_image_over_the_pixel_limit_met_mid_run(tiny_config, tmp_path):
     with pytest.raises(TrainingFailed) as info:
         Trainer(config, run).train()
     message = str(info.value)
-    assert message.startswith("training stopped at step 0 of 3, during training: jsonl ")
+    assert message.startswith(
+        "training stopped at step 0 of 3, during training: 1 of 1 data items are unreadable "
+        "or invalid (100.0%), over data.max_bad_fraction = 0.01; the latest: jsonl "
+    )
     assert f"reference image {tmp_path / 'bomb.png'} is over the pixel limit" in message
     assert "\n" not in message
     assert message.endswith(f"cgrpo train --resume {run}; traceback in {run / 'error.log'}")

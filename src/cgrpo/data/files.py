@@ -7,10 +7,13 @@ an RGB cut-out of the subject, not a mask: it is not read here; ``dino-seg`` fin
 ``metadata["reference_paths"]`` (see :mod:`cgrpo.rewards.segment`).
 
 Bad entries (missing file, empty prompt, malformed record, unreadable image) are reported
-with the entry's position and the offending path. ``on_error: stop`` raises at the first
-one; ``on_error: skip`` drops it, counts it (``dataset.skipped``, ``dataset.problems``) and
-logs one warning. Existence checks run when the dataset is built; an unreadable image is
-only found when its example is loaded, and is then replaced by the next good entry.
+with the entry's position and the offending path (:class:`~cgrpo.data.base.BadItem`).
+``on_error: stop`` raises at the first one; ``on_error: skip`` drops it, counts it
+(``dataset.skipped``, ``dataset.problems``) and logs it once. Existence checks run when the
+dataset is built; an unreadable image is only found when its example is loaded:
+``dataset[i]`` then takes the next good entry (skip) or raises, ``dataset.load(i)`` always
+raises. Training builds with ``skip`` and loads with ``load``, to skip and count bad items
+up to ``data.max_bad_fraction`` (:mod:`cgrpo.data.skipping`).
 """
 
 from __future__ import annotations
@@ -189,15 +192,8 @@ class FileDataset:
                 entries.append(_finish(parse_entry(raw, where), options.masks))
             except BadEntry as e:
                 self._bad(where, str(e))
-        if self.problems:
-            log.warning(
-                "%s %s: skipped %d bad entr%s (first: %s)",
-                name,
-                source,
-                len(self.problems),
-                "y" if len(self.problems) == 1 else "ies",
-                self.problems[0],
-            )
+        for problem in self.problems:
+            log.warning("skipping a bad entry: %s", problem)
         if not entries:
             raise ValueError(
                 f"{name} {source}: no usable entries in split {split!r}"
@@ -219,6 +215,20 @@ class FileDataset:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def load(self, index: int) -> Example:
+        """The example at ``index``, or :class:`BadItem` naming the entry and its file
+        (never another entry in its place)."""
+        n = len(self.entries)
+        if not -n <= index < n:
+            raise IndexError(f"{self.name} index {index} out of range for {n} examples")
+        entry = self.entries[index]
+        try:
+            return self._load(entry)
+        except BadItem:
+            raise
+        except (OSError, ValueError) as e:
+            raise BadItem(f"{self.name} {self.source} {entry.where}: {e}") from None
+
     def __getitem__(self, index: int) -> Example:
         n = len(self.entries)
         if not -n <= index < n:
@@ -227,11 +237,12 @@ class FileDataset:
             position = (index + attempt) % n
             if position in self._broken:
                 continue
-            entry = self.entries[position]
             try:
-                return self._load(entry)
-            except (OSError, ValueError) as e:
-                self._bad(entry.where, str(e))
+                return self.load(position)
+            except BadItem as e:
+                if self.options.on_error == "stop":
+                    raise
+                self.problems.append(str(e))
                 self._broken.add(position)
                 if not self._warned_at_load:
                     self._warned_at_load = True

@@ -18,13 +18,14 @@ import torch
 
 from cgrpo.config.schema import ConfigError, to_dict
 from cgrpo.config.train import Config, load_config
-from cgrpo.data.base import build_dataset
+from cgrpo.data.skipping import BadItems, build_training_dataset
 from cgrpo.grpo import make_weight_schedule
 from cgrpo.grpo.noise_floor import resolve_noise_floors
 from cgrpo.policies.base import Policy
 from cgrpo.sampling import make_sigmas
 from cgrpo.training.checkpoint import (
     MANIFEST,
+    checkpoint_state,
     intact_checkpoints,
     latest_checkpoint,
     load_checkpoint,
@@ -95,9 +96,10 @@ class TrainerSetup:
             if self.is_main:
                 start_run_dir(self.run_dir, restart, resumed)
                 write_run_config(cfg, self.run_dir)
-        self.dataset = build_dataset(cfg.data.name, cfg.data.options, "train")
+        self.dataset = build_training_dataset(cfg.data.name, cfg.data.options)
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {cfg.data.name!r} has no examples")
+        self.items = BadItems(self.dataset, cfg.data.max_bad_fraction)
         self.scorer = build_rewards(cfg.rewards, self.device, cfg.train.offload_rewards)
         trained = cfg.trained_rewards
         self.trained_columns = [c for c, s in self.scorer.columns.items() if s in trained]
@@ -165,6 +167,7 @@ class TrainerSetup:
                 log.warning("skipping unreadable checkpoint %s: %s", path.name, e)
                 continue
             self._saved = (self.step, path)
+            self.items.restore(checkpoint_state(path).get("bad_items"))
             log.info("resumed from %s at step %d", path, self.step)
             return
         raise FileNotFoundError(f"--resume: no intact checkpoint in {self.run_dir / 'checkpoints'}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cgrpo.config.schema import ConfigError
 from cgrpo.data.base import BadItem
+from cgrpo.data.skipping import TooManyBadItems
 from cgrpo.rewards.base import RewardFailure
 from cgrpo.training.distributed import lost_peer
 from cgrpo.training.writes import DiskFull, is_disk_full
@@ -46,10 +47,6 @@ class TrainingFailed(Stopped):
 
 class TrainingCrashed(TrainingFailed):
     """Stopped by an error no rule names (a bug); ``__cause__`` is that error."""
-
-
-class TooManyBadItems(ValueError):
-    """The share of unreadable or invalid data items passed ``data.max_bad_fraction``."""
 
 
 def failure_cause(error: BaseException) -> str | None:

@@ -103,7 +103,7 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
         for q in self.step_groups():
             epoch, offset = divmod(step * per_step + q, n)
             perm = torch.randperm(n, generator=generator_for(self.config.seed, "epoch", epoch))
-            out.append(self.dataset[int(perm[offset])])
+            out.append(self.items.pick(perm, offset))  # past bad items (data/skipping.py)
         return out
 
     def trained_steps_mask(self, step: int) -> torch.Tensor:
@@ -199,6 +199,7 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
                 "time/score": t2 - t1,
                 "time/update": t3 - t2,
                 "time/step": t3 - t0,
+                "data/bad_items": self.items.count,
             }
         )
         self._last_rollout = (rollout, rewards)
@@ -397,6 +398,7 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
                 self.scheduler,
                 self.config,
                 self.config.logging.keep_checkpoints,
+                state={"bad_items": self.items.state()},
             )
         self._saved = (self.step, path)
         return path
