@@ -50,8 +50,9 @@ class LoraConfig:
     )
     targets: str | list[str] | None = option(
         None,
-        "which modules get LoRA: a backend preset (flux: paper, diffusers), a list of "
-        "module names, or null = the backend's default (flux: diffusers)",
+        "which modules get LoRA: a backend preset (flux: paper, diffusers; flux2 and "
+        "qwen-image-edit: paper, attention, all), a list of module names, or null = the "
+        "backend's default (flux: diffusers; flux2, qwen-image-edit: attention)",
     )
     init: str = option(
         "default",
@@ -63,7 +64,9 @@ class LoraConfig:
 
 @dataclass
 class ModelConfig:
-    backend: str = option("pocket", "generator backend: pocket (built-in) or flux")
+    backend: str = option(
+        "pocket", "generator backend: pocket (built-in), flux, flux2 or qwen-image-edit"
+    )
     options: dict[str, Any] = option(default_factory=dict, help="backend options (see README)")
     lora: LoraConfig = option(default_factory=LoraConfig, help="trainable LoRA adapter")
 
