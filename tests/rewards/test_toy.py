@@ -227,3 +227,35 @@ def test_device_moves(toy_prompt):
     assert toy_prompt.to("cpu") is toy_prompt
     toy_prompt.offload()
     assert next(toy_prompt.model.parameters()).device.type == "cpu"
+
+
+def test_toy_prompt_blur_makes_scores_steadier_under_speckle(world):
+    """``blur`` smooths the generator-like speckle away before the classifier: the scores of
+    one render under different speckle draws spread less, and the requested colour still wins."""
+    sharp = build_reward("toy-prompt", {"class_term": False})
+    soft = build_reward("toy-prompt", {"class_term": False, "blur": 0.8})
+    idents = [i for i in world.identities("heldout") if i.palette != "red"][:N]
+    rng = np.random.default_rng(5)
+    renders, prompts = [], []
+    for ident in idents:
+        prompt = f"a red {ident.noun}"
+        prompts.append(prompt)
+        renders.append(world.render(ident, world.scene_from_prompt(ident, prompt), rng))
+    base = _request(world, renders, idents, prompts)
+    gen = torch.Generator().manual_seed(0)
+
+    def spread(reward):
+        draws = []
+        for _ in range(6):
+            noisy = (base.images + 0.12 * torch.randn(base.images.shape, generator=gen)).clamp(0, 1)
+            request = ScoreRequest(noisy, base.prompts, base.references)
+            draws.append(reward.score(request)["toy-prompt"])
+        return torch.stack(draws).std(dim=0).mean()
+
+    assert spread(soft) < spread(sharp)
+    wrong = [world.render(i, world.scene_from_prompt(i, f"a {i.noun}"), rng) for i in idents]
+    r = soft.score(base)["toy-prompt"]
+    w = soft.score(_request(world, wrong, idents, prompts))["toy-prompt"]
+    assert (r > w).float().mean() >= 0.9
+    with pytest.raises(ConfigError, match="blur"):
+        build_reward("toy-prompt", {"blur": -1.0})

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cgrpo.rewards.base import Reward, ScoreRequest
+from cgrpo.rewards.images import gaussian_blur
 
 EDIT_ATTRIBUTES = {"gt-pattern": "pattern", "gt-shape": "shape"}
 """Check name -> the identity attribute it checks."""
@@ -43,20 +43,6 @@ TEMPERATURES = {"gt-pattern": 0.005, "gt-shape": 0.0015}
 """Default softmax temperatures: about a quarter of the median distance margin between the
 requested value and the nearest wrong one on ground-truth renders (silhouettes differ in
 fewer pixels than patterns, so shape's margin, and its temperature, are smaller)."""
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``[B, C, H, W]`` -> the same, blurred with a separable Gaussian (reflect padding)."""
-    if sigma <= 0:
-        return images
-    radius = max(1, int(round(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = images.shape[1]
-    pad = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(pad, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 @dataclasses.dataclass

@@ -90,6 +90,20 @@ def resize(images: torch.Tensor, size: tuple[int, int], resample: str = "bicubic
     return x[0] if squeeze else x
 
 
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``[B, C, H, W]`` -> the same, blurred with a separable Gaussian (reflect padding)."""
+    if sigma <= 0:
+        return images
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = images.shape[1]
+    pad = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(pad, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    return F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+
+
 def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Centre crop ``[..., H, W]`` to (h, w); zero-pads first where the image is smaller
     (transformers does the same)."""

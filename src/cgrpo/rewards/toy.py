@@ -38,6 +38,7 @@ from torch import nn
 
 from cgrpo.config import option, parse
 from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
+from cgrpo.rewards.images import gaussian_blur
 from cgrpo.rewards.loading import check_fit
 from cgrpo.world.core import parse_prompt
 from cgrpo.world.vocab import ATTRIBUTE_VALUES, NOUN_SHAPES
@@ -281,6 +282,13 @@ class ToyPromptOptions:
     class_term: bool = option(
         True, "count the class noun as a request for its shape unless another shape is named"
     )
+    blur: float = option(
+        0.0,
+        "Gaussian blur sigma (pixels at 32 x 32) before the classifier; 0: none. The small "
+        "generator's speckle otherwise decides the ranking within a group",
+        min=0.0,
+        max=4.0,
+    )
     chunk_size: int = option(256, "images per forward pass", min=1)
 
 
@@ -356,6 +364,7 @@ class ToyPromptReward(Reward):
     def probabilities(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-attribute class probabilities ``{attr: [B, n_values]}`` of ``[B, 3, H, W]``."""
         images = to_world_size(images.to(self.device, torch.float32)).clamp(0, 1)
+        images = gaussian_blur(images, self.options.blur)
         parts = [self.model(c) for c in _chunks(images, self.options.chunk_size)]
         return {k: torch.cat([p[k] for p in parts]).softmax(dim=-1) for k in parts[0]}
 
