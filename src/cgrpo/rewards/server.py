@@ -3,6 +3,7 @@
     cgrpo serve-reward NAME [--host 127.0.0.1] [--port 8765] [--token T | --token-env VAR]
                             [--options JSON-or-file] [--device cpu] [--batch-window-ms 10]
                             [--max-batch 64] [--max-queue 64] [--max-request-mb 512]
+                            [--read-timeout-s 60]
 
 NAME is a registered reward or ``python:module:function``. One server is meant to be shared
 by many training processes (the ``remote`` reward is the client):
@@ -15,8 +16,12 @@ by many training processes (the ``remote`` reward is the client):
 * Errors are ``{"error": message}``: 400 a malformed request, 401 a missing or wrong token
   (every endpoint, health included, when a token is set), 404/405 a wrong endpoint or
   method, 413 a body over ``--max-request-mb``, 500 the reward failed, 503 the queue holds
-  ``--max-queue`` requests already (with ``Retry-After`` in seconds). The request body is
-  always read to its end first, so a keep-alive connection stays usable after any error.
+  ``--max-queue`` requests already (with ``Retry-After`` in seconds), 408 a body not
+  received within ``--read-timeout-s`` (a client that sends too slowly; the connection is
+  closed). The request body is otherwise always read to its end first, so a keep-alive
+  connection stays usable after any error.
+* A client that disconnects mid-request costs nothing but a count (``client_disconnects``
+  in ``/health``); one that leaves after sending the whole request is scored all the same.
 
 The server binds 127.0.0.1 unless told otherwise; ``--port 0`` picks a free port. The first
 line of stdout is ``serving NAME (columns: ...; batching ...) on http://HOST:PORT``. Run it as
@@ -26,6 +31,7 @@ line of stdout is ``serving NAME (columns: ...; batching ...) on http://HOST:POR
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hmac
 import json
@@ -44,7 +50,7 @@ import torch
 
 from cgrpo.rewards.base import Reward, RewardContext, build_reward
 from cgrpo.rewards.batching import Batcher, Busy
-from cgrpo.rewards.wire import decode_request
+from cgrpo.rewards.wire import drain_body, parse_body, read_body
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-request-mb", type=float, default=512.0, help="largest accepted request body in MiB"
     )
+    parser.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=60.0,
+        help="longest a request body may take to arrive (default 60); a slower client gets 408",
+    )
 
 
 def load_options(text: str | None) -> dict[str, Any]:
@@ -124,32 +136,6 @@ def build_served_reward(name: str, options: dict[str, Any], device: str) -> Rewa
     return build_reward(name, options, RewardContext(device=torch.device(device)))
 
 
-def _parse_body(body: bytes) -> Any:
-    """JSON -> :class:`ScoreRequest`; every malformed body is a ValueError naming the fault."""
-    try:
-        return decode_request(json.loads(body))
-    except RecursionError:
-        raise ValueError("the JSON body nests too deeply") from None
-
-
-async def _read_body(request: Any, limit: int) -> bytes | None:
-    """The whole body, or None when it is over ``limit`` bytes (then read and dropped)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size <= limit:
-            chunks.append(chunk)
-        else:
-            chunks.clear()
-    return None if size > limit else b"".join(chunks)
-
-
-async def _drain(request: Any) -> None:
-    async for _ in request.stream():
-        pass
-
-
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with a deep backlog (an OSError if it is taken)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -177,10 +163,13 @@ class RewardServer:
         batch_window_s: float = 0.010,
         max_batch: int = 64,
         max_queue: int = 64,
+        read_timeout_s: float = 60.0,
     ) -> None:
         self.reward, self.token, self.max_bytes = reward, token, max_bytes
+        self.read_timeout_s = read_timeout_s
         self.batcher = Batcher(reward, batch_window_s, max_batch, max_queue)
         self.error_counts: Counter[int] = Counter()
+        self.client_disconnects = 0  # clients gone before their request was read
         self.socket = listening or listen(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
         self._server: Any = None
@@ -205,7 +194,7 @@ class RewardServer:
         return not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode())
 
     async def _unauthorised(self, request: Any) -> Any:
-        await _drain(request)
+        await drain_body(request)
         return self._error(401, "missing or wrong bearer token")
 
     async def health(self, request: Any) -> Any:
@@ -223,6 +212,7 @@ class RewardServer:
                 **b.stats.as_dict(),
                 "errors": sum(self.error_counts.values()),
                 "errors_by_status": {str(k): v for k, v in sorted(self.error_counts.items())},
+                "client_disconnects": self.client_disconnects,
                 "batch_window_ms": b.window_s * 1000,
                 "max_batch": b.max_batch,
                 "max_queue": b.max_queue,
@@ -230,6 +220,16 @@ class RewardServer:
         )
 
     async def score(self, request: Any) -> Any:
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import Response
+
+        try:
+            return await self._score(request)
+        except ClientDisconnect:  # nobody to answer: count it, log nothing
+            self.client_disconnects += 1
+            return Response(status_code=400)
+
+    async def _score(self, request: Any) -> Any:
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import JSONResponse
 
@@ -237,13 +237,17 @@ class RewardServer:
             return await self._unauthorised(request)
         try:
             with self.batcher.admit():
-                body = await _read_body(request, self.max_bytes)
+                try:
+                    body = await read_body(request, self.max_bytes, self.read_timeout_s)
+                except asyncio.TimeoutError:  # noqa: UP041 - a distinct class on Python 3.10
+                    message = f"request body not received within {self.read_timeout_s:g} s"
+                    return self._error(408, message, {"Connection": "close"})
                 if body is None:
                     return self._error(
                         413, f"request body over the limit of {self.max_bytes} bytes"
                     )
                 try:
-                    score_request = await run_in_threadpool(_parse_body, body)
+                    score_request = await run_in_threadpool(parse_body, body)
                 except ValueError as e:
                     return self._error(400, f"bad request: {e}")
                 try:
@@ -252,12 +256,12 @@ class RewardServer:
                     log.warning("reward %s failed: %s: %s", self.reward.name, type(e).__name__, e)
                     return self._error(500, f"{type(e).__name__}: {e}")
         except Busy as e:
-            await _drain(request)
+            await drain_body(request)
             return self._error(503, str(e), {"Retry-After": str(e.retry_after)})
         return JSONResponse({"columns": {k: v.tolist() for k, v in scores.items()}})
 
     async def _not_found(self, request: Any, exc: Any) -> Any:
-        await _drain(request)
+        await drain_body(request)
         status = getattr(exc, "status_code", 404)
         return self._error(
             status, f"no {request.method} {request.url.path}; use GET /health or POST /score"
@@ -344,6 +348,7 @@ def _option_error(args: argparse.Namespace) -> str | None:
         ("--max-batch", args.max_batch, args.max_batch >= 1, ">= 1"),
         ("--max-queue", args.max_queue, args.max_queue >= 1, ">= 1"),
         ("--max-request-mb", mb, 0 < mb < math.inf, "a finite number > 0"),
+        ("--read-timeout-s", args.read_timeout_s, 0 < args.read_timeout_s, "> 0"),
     ]
     for flag, value, fits, rule in checks:
         if not fits:
@@ -379,6 +384,7 @@ def run(args: argparse.Namespace) -> int:
         batch_window_s=args.batch_window_ms / 1000,
         max_batch=args.max_batch,
         max_queue=args.max_queue,
+        read_timeout_s=args.read_timeout_s,
     )
     if args.host not in LOOPBACK and not token:
         log.warning("serving on %s without a token: anyone who can reach it can use it", args.host)

@@ -21,6 +21,9 @@ images that already are 8-bit); masks travel as 8-bit grey PNG (subject where >=
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from typing import Any
 
 import torch
@@ -197,4 +200,44 @@ def decode_request(body: Any) -> ScoreRequest:
     )
 
 
-__all__ = ["encode_request", "decode_request"]
+# ---------------------------------------------------------------- HTTP bodies (server side)
+
+
+def parse_body(body: bytes) -> Any:
+    """JSON -> :class:`ScoreRequest`; every malformed body is a ValueError naming the fault."""
+    try:
+        return decode_request(json.loads(body))
+    except RecursionError:
+        raise ValueError("the JSON body nests too deeply") from None
+
+
+async def read_body(request: Any, limit: int, timeout_s: float) -> bytes | None:
+    """The whole body, or None when it is over ``limit`` bytes (then read and dropped).
+    TimeoutError when it takes over ``timeout_s``; starlette's ClientDisconnect when the
+    client goes away."""
+    chunks: list[bytes] = []
+    size = 0
+
+    async def read() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            else:
+                chunks.clear()
+
+    await asyncio.wait_for(read(), timeout_s)
+    return None if size > limit else b"".join(chunks)
+
+
+async def drain_body(request: Any) -> None:
+    """Read the rest of the body (keep-alive); a client already gone is no error."""
+    from starlette.requests import ClientDisconnect
+
+    with contextlib.suppress(ClientDisconnect):
+        async for _ in request.stream():
+            pass
+
+
+__all__ = ["decode_request", "drain_body", "encode_request", "parse_body", "read_body"]
