@@ -20,7 +20,8 @@ new one not yet in place) and ``checkpoint.renamed`` (in place, before pruning);
 final adapter's write has the same points named ``final.*``. Before each file a run
 writes, ``write.<what>`` (:func:`cgrpo.training.writes.writing`): ``write.adapter``,
 ``write.training_state``, ``write.state``, ``write.checkpoint_config``, ``write.manifest``,
-``write.config``, ``write.metrics``, ``write.grid``, ``write.json``, ``write.summary``.
+``write.directory``, ``write.config``, ``write.metrics``, ``write.grid``, ``write.json``,
+``write.heldout``, ``write.summary``.
 Unset (always, outside tests) it does nothing.
 """
 
