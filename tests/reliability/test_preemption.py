@@ -92,6 +92,7 @@ def test_sigkill_at_random_moments_then_requeue(left_alone, tmp_path, tiny_overr
     "fault",
     [
         "startup:kill",  # before anything is written: the requeue starts the run again
+        "setup.build:kill",  # folder and config claimed, the model loading
         "setup:kill",  # config written, model built, no step yet
         "step#2:kill",  # one step done, its metrics logged, no checkpoint
         "checkpoint.file#2:tear",  # the first checkpoint torn mid-way through a file
@@ -129,3 +130,14 @@ def test_resume_of_a_run_with_damaged_checkpoints_only_is_refused(tiny_config, t
     with pytest.raises(FileNotFoundError, match="no intact checkpoint"):
         Trainer(tiny_config("train.steps=2"), run, resume=True)
     assert state.is_file()
+
+
+def test_a_run_killed_while_its_model_loads_is_resumed(left_alone, tmp_path, tiny_overrides):
+    """The folder is claimed before the model loads: a requeue that always resumes works."""
+    reference, _ = left_alone
+    run = tmp_path / "run"
+    assert killed_by_fault(
+        ["train", "--output", str(run), *tiny_overrides, *ARGS], "setup.build:kill"
+    )
+    assert main(["train", "--resume", str(run)]) == 0
+    assert_same_run(run, reference)

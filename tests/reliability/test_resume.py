@@ -117,3 +117,14 @@ def test_invalid_utf8_in_a_config_names_the_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (f"cgrpo: config error: --config = '{bad}': not UTF-8 text (byte 0xe9 on line 2)")
     assert main(["config", "--config", str(bad)]) == 2
+
+
+def test_a_refused_start_leaves_no_folder_behind(tiny_overrides, tmp_path, capsys):
+    """The folder is claimed before the model is built; a start-up error undoes the claim."""
+    run = tmp_path / "new" / "deeper" / "run"
+    assert (
+        main(["train", "--output", str(run), *tiny_overrides, "sampling.group_size=1000000000"])
+        == 2
+    )
+    assert "GiB of memory here; lower sampling.group_size" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -11,7 +11,8 @@ the process reaches ``<point>`` do ``<action>``:
 * ``full`` -- make the file about to be written a link to ``/dev/full``, so that the real
   writer meets a full disk (at the ``write.*`` points, for writers that open the path).
 
-Points: ``startup`` (CLI, before the trainer is built), ``setup`` (trainer built),
+Points: ``startup`` (CLI, before the trainer is built), ``setup.build`` (the run directory
+claimed, the model not yet built), ``setup`` (trainer built),
 ``eval.before``, ``step`` (before each training step), ``eval.after``, ``metrics``
 (before a metrics line is appended), and in the checkpoint writer ``checkpoint.start``,
 ``checkpoint.file`` (after each file), ``checkpoint.written`` (files and manifest done,

@@ -117,6 +117,22 @@ def start_run_dir(run_dir: Path, restart: bool, resumed: bool = False) -> None:
     mark_run_dir(run_dir)
 
 
+def missing_folders(run_dir: Path) -> list[Path]:
+    """The folders of ``run_dir`` (itself first, then its parents) that do not exist yet."""
+    return [p for p in (Path(run_dir), *Path(run_dir).parents) if not p.exists()]
+
+
+def unclaim_run_dir(run_dir: Path, created: list[Path]) -> None:
+    """Undo :func:`start_run_dir` and the config after a start-up error: remove the marker
+    and the config, and the folders this attempt ``created`` that are empty again."""
+    run_dir = Path(run_dir)
+    for name in (MARKER, "config.yaml", "config.yaml.tmp"):
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in created:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def write_run_config(config: Config, run_dir: Path) -> None:
     """``run_dir/config.yaml``, replaced atomically (fsynced, then renamed into place)."""
     target = Path(run_dir) / "config.yaml"

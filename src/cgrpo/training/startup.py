@@ -1,9 +1,11 @@
 """A trainer's start-up: check the run directory, build its parts, resume from a checkpoint.
 
-Nothing is written before every check has passed: a new run claims its directory only
-after the model is built and the rollout is known to fit (:mod:`cgrpo.training.rundir`),
-and a resumed run rewrites its config only after the overrides were checked against the
-checkpoint and the checkpoint has loaded.
+A new run claims its directory (``run.json``, ``config.yaml``) once the config and the
+directory are checked and before the model is built: loading a large model takes minutes,
+and a run preempted meanwhile must be resumable (``--resume`` restarts it from step 0
+with its config). An error while the model is built or checked (a rollout that does not
+fit) undoes the claim, so a refused run leaves nothing behind. A resumed run rewrites its
+config only after the overrides were checked against the checkpoint and it has loaded.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from cgrpo.training.rundir import (
     check_resume_compatible,
     claim_for_new_run,
     mark_run_dir,
+    missing_folders,
     resumable_without_checkpoint,
     start_run_dir,
+    unclaim_run_dir,
     write_run_config,
 )
 from cgrpo.training.runs import build_policy_from_config
@@ -88,14 +92,22 @@ class TrainerSetup:
                 check_resume_compatible(load_config(newest / "config.yaml"), cfg)
         else:
             restart = claim_for_new_run(self.run_dir)
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        self.policy: Policy = build_policy_from_config(cfg, self.device, with_lora=True)
-        check_rollout_fits(cfg.sampling, self.policy.latent_shape(), memory_bytes(self.device))
-        if not self._resume:
+        created = missing_folders(self.run_dir)
+        if not self._resume:  # claimed before the model loads (minutes for FLUX), so a run
+            # preempted while it loads resumes; an error before training undoes the claim
             self.accelerator.wait_for_everyone()  # every process checked before any write
             if self.is_main:
                 start_run_dir(self.run_dir, restart, resumed)
                 write_run_config(cfg, self.run_dir)
+        try:
+            fault_point("setup.build")
+            torch.manual_seed(derive_seed(cfg.seed, "init"))
+            self.policy: Policy = build_policy_from_config(cfg, self.device, with_lora=True)
+            check_rollout_fits(cfg.sampling, self.policy.latent_shape(), memory_bytes(self.device))
+        except Exception:
+            if not self._resume and not resumed and self.is_main:
+                unclaim_run_dir(self.run_dir, created)
+            raise
         self.dataset = build_training_dataset(cfg.data.name, cfg.data.options)
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {cfg.data.name!r} has no examples")
