@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import secrets
 import string
 from collections.abc import Sequence
@@ -93,7 +94,9 @@ class MetricsWriter:
                 raise ValueError(f"{self.path}:{number}: a metrics line needs an integer 'step'")
             if row["step"] <= step:
                 keep.append(line)
-        self.path.write_text("".join(line + "\n" for line in keep))
+        tmp = self.path.with_name(self.path.name + ".tmp")  # a kill leaves the old or the new
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -36,6 +36,7 @@ RUN_OUTPUTS = (
     "config.yaml",
     "config.yaml.tmp",
     "metrics.jsonl",
+    "metrics.jsonl.tmp",
     "tensorboard",
     "samples",
     "checkpoints",
