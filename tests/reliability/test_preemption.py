@@ -141,3 +141,18 @@ def test_a_run_killed_while_its_model_loads_is_resumed(left_alone, tmp_path, tin
     )
     assert main(["train", "--resume", str(run)]) == 0
     assert_same_run(run, reference)
+
+
+@pytest.mark.parametrize("fault", ["metrics.truncate:kill", "metrics.truncate:tear"])
+def test_a_kill_while_a_resume_rewrites_the_metrics(left_alone, tmp_path, fault):
+    """A resume rewrites metrics.jsonl (dropping steps past its checkpoint); a kill then
+    leaves the old file or the new one, never an empty or torn one."""
+    import shutil
+
+    reference, _ = left_alone
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert killed_by_fault(["train", "--resume", str(run)], fault)
+    assert metric_rows(run) == metric_rows(reference)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert_same_run(run, reference)

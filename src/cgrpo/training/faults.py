@@ -14,7 +14,8 @@ the process reaches ``<point>`` do ``<action>``:
 Points: ``startup`` (CLI, before the trainer is built), ``setup.build`` (the run directory
 claimed, the model not yet built), ``setup`` (trainer built),
 ``eval.before``, ``step`` (before each training step), ``eval.after``, ``metrics``
-(before a metrics line is appended), and in the checkpoint writer ``checkpoint.start``,
+(before a metrics line is appended), ``metrics.truncate`` (a resume's rewrite of
+``metrics.jsonl`` written, not yet in place), and in the checkpoint writer ``checkpoint.start``,
 ``checkpoint.file`` (after each file), ``checkpoint.written`` (files and manifest done,
 before the rename), ``checkpoint.swap`` (an older copy of the same step moved aside, the
 new one not yet in place) and ``checkpoint.renamed`` (in place, before pruning); the

@@ -96,6 +96,7 @@ class MetricsWriter:
                 keep.append(line)
         tmp = self.path.with_name(self.path.name + ".tmp")  # a kill leaves the old or the new
         tmp.write_text("".join(line + "\n" for line in keep))
+        fault_point("metrics.truncate", tmp)
         os.replace(tmp, self.path)
 
     def close(self) -> None:
