@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cgrpo.image_io import read_image
 from cgrpo.rewards.base import Reward, ScoreRequest
 from cgrpo.rewards.images import gaussian_blur
 
@@ -175,9 +176,8 @@ def degrade(image: torch.Tensor, kind: str, rng: np.random.Generator) -> torch.T
         arr = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=50)
-        buf.seek(0)
-        back = np.asarray(Image.open(buf).convert("RGB"))
-        return torch.from_numpy(back.copy()).permute(2, 0, 1).float() / 255
+        back = read_image(buf.getvalue(), "JPEG round trip")
+        return torch.from_numpy(back).permute(2, 0, 1)
     raise ValueError(f"unknown degradation {kind!r}; choose clean, blur, speckle or jpeg")
 
 

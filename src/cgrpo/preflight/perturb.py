@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cgrpo.image_io import read_image
+
 NOISE_STD = 2.0 / 255.0
 JPEG_QUALITY = 95
 RESIZE_FACTOR = 0.75
@@ -43,9 +45,8 @@ def jpeg_round_trip(images: torch.Tensor, quality: int = JPEG_QUALITY) -> torch.
     for arr in arrays:
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=quality, subsampling=0)
-        buf.seek(0)
-        out.append(np.asarray(Image.open(buf).convert("RGB")))
-    back = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255.0
+        out.append(read_image(buf.getvalue(), "JPEG round trip"))
+    back = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float()
     return back.to(images.device)
 
 
