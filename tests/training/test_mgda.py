@@ -82,7 +82,8 @@ def test_two_processes_balance_like_one_process_with_twice_the_groups(tmp_path):
     )
     for key in loras[0]:
         assert torch.equal(loras[0][key], loras[1][key]), key
-    assert_same_lora(loras[0], lora(one), rtol=1e-4, atol=1e-5)
+    # float rounding of the all-reduce over 3 updates: seen 4e-5 on one of 128 elements
+    assert_same_lora(loras[0], lora(one), rtol=1e-4, atol=1e-4)
 
 
 def tiny(shared: list[str], *extra: str):

@@ -19,6 +19,7 @@ import torch
 
 from cgrpo.config.train import Config
 from cgrpo.data.base import Example, build_dataset
+from cgrpo.data.skipping import BadItems
 from cgrpo.evaluation.heldout import PROPERTY_KINDS, ground_truth_metrics
 from cgrpo.rewards.base import Reward, ScoreRequest
 from cgrpo.sampling import make_sigmas
@@ -43,6 +44,7 @@ class PreflightSampler(Trainer):
         torch.manual_seed(derive_seed(config.seed, "init"))  # as TrainerSetup._setup
         self.policy = build_policy_from_config(config, self.device, with_lora=True)
         self.dataset = dataset
+        self.items = BadItems(dataset, config.data.max_bad_fraction)  # as the trainer picks
         self.scorer = build_rewards(config.rewards, self.device, config.train.offload_rewards)
         s = config.sampling
         self.sigmas = make_sigmas(self.policy, s.num_steps, s.shift, s.dynamic_shift)
