@@ -193,7 +193,9 @@ class Measure:
         except torch.OutOfMemoryError:
             self.timer.free()
             return {**row, "status": "out of memory"}, None
-        per_step = max(seconds - merge_s, 0.0) / k
+        # merge_s is timed apart; on a busy CPU it can exceed the whole timed run, and the
+        # difference is noise: then count the timed run alone rather than divide by zero
+        per_step = (seconds - merge_s if seconds > merge_s else seconds) / k
         flops = (st.flops["forward"] - (st.flops["lora"] if merged else 0.0)) * s.group
         row.update(
             status="ok",
