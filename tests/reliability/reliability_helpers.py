@@ -13,6 +13,8 @@ import time
 import zlib
 from pathlib import Path
 
+import torch
+
 from cgrpo.training import faults
 
 
@@ -32,13 +34,23 @@ def run_cli(*args: str, fault: str | None = None, cwd: Path | None = None, timeo
     )
 
 
+def fork() -> int:
+    """``os.fork()``, with the child's torch held to one thread. A parent that has run torch
+    ops on several threads leaves an OpenMP pool that does not survive a fork: the child's
+    first parallel region waits forever on threads that were not copied."""
+    pid = os.fork()
+    if pid == 0:
+        torch.set_num_threads(1)
+    return pid
+
+
 def killed_by_fault(argv: list[str], fault: str) -> bool:
     """Run the command line (``cgrpo.cli.main(argv)``) in a forked child with ``CGRPO_FAULT``
     set to ``fault``; True if the fault's SIGKILL ended it. Forking keeps torch imported,
     so a case costs the training it does, not a fresh interpreter."""
     from cgrpo.cli import main
 
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: run, then leave without the parent's exit handlers
         os.environ[faults.ENV] = fault
         faults.reset()
@@ -55,7 +67,7 @@ def killed_after(argv: list[str], delay: float) -> bool:
     started, wherever it is; True if it was killed, False if it ended first (status 0)."""
     from cgrpo.cli import main
 
-    pid = os.fork()
+    pid = fork()
     if pid == 0:
         faults.reset()
         code = 1

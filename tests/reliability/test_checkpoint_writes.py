@@ -14,6 +14,7 @@ import signal
 
 import pytest
 import torch
+from reliability_helpers import fork
 
 from cgrpo.config import load_config
 from cgrpo.training import Trainer
@@ -60,7 +61,7 @@ def lora(policy) -> dict[str, torch.Tensor]:
 def killed_while_saving(trainer, run, step: int, fault: str) -> bool:
     """Write checkpoint ``step`` of ``trainer``'s state into ``run`` in a child process that
     ``fault`` kills; True if it died of SIGKILL."""
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: write, then leave without running the parent's exit handlers
         os.environ[ENV] = fault
         try:

@@ -24,7 +24,7 @@ from cgrpo.training.checkpoint import latest_checkpoint
 
 STEPS = 3
 ARGS = ["train.steps=3", "logging.checkpoint_every=1", "logging.sample_every=1"]
-NEVER = 1e9  # a delay no attempt reaches
+NEVER = 300.0  # a delay no attempt reaches; a child hung past it is killed and fails
 
 
 def requeue(run, first: list[str]) -> list[str]:
@@ -66,25 +66,31 @@ def assert_same_run(run, reference) -> None:
 
 
 def test_sigkill_at_random_moments_then_requeue(left_alone, tmp_path, tiny_overrides):
+    """Kills at moments drawn over a whole uninterrupted run, each followed by a requeue.
+    A requeue that finishes before its kill ends an episode: the run must then equal the one
+    left alone, and the next kill lands in a fresh run. Counting kills over episodes (rather
+    than asking one run to take all of them) keeps the test independent of machine speed."""
     reference, duration = left_alone
-    run = tmp_path / "run"
-    first = ["train", "--output", str(run), *tiny_overrides, *ARGS]
     rng = random.Random(21)
     kills: list[float] = []
-    span = duration  # kill moments are drawn within one attempt's expected length
-    for _attempt in range(40):
-        if len(kills) == 8:
+    episodes = 0
+
+    def command(run):
+        return requeue(run, ["train", "--output", str(run), *tiny_overrides, *ARGS])
+
+    run = tmp_path / "run-0"
+    for _attempt in range(80):
+        if len(kills) >= 8:
             break
-        # stratified: the k-th kill lands in the k-th eighth of an attempt, so the kills
-        # reach from start-up to the end of the later, resumed attempts
-        delay = span * (len(kills) + rng.random()) / 8
-        start = time.monotonic()
-        if killed_after(requeue(run, first), delay):
+        delay = duration * rng.random()
+        if killed_after(command(run), delay):
             kills.append(round(delay, 3))
-        else:  # the run finished before the kill: later kills land inside a resume of it
-            span = time.monotonic() - start
-    assert len(kills) == 8, kills
-    assert not killed_after(requeue(run, first), NEVER), kills
+        else:  # the requeue finished before the kill: the episode is over
+            assert_same_run(run, reference)
+            episodes += 1
+            run = tmp_path / f"run-{episodes}"
+    assert len(kills) >= 8, kills
+    assert not killed_after(command(run), NEVER), kills
     assert_same_run(run, reference)
 
 

@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from reliability_helpers import one_line
+from reliability_helpers import fork, one_line
 
 from cgrpo.cli import main
 from cgrpo.rewards import build_reward
@@ -108,7 +108,7 @@ def forked_server(reward):
     """Serve ``reward`` from a forked child; yields its URL and a function that waits for
     the child and returns its exit status."""
     sock = listen("127.0.0.1", 0)
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: serve until the reward ends it, never return into pytest
         try:
             RewardServer(reward, listening=sock).serve()
