@@ -6,7 +6,7 @@ every prompt parses back into the attributes it requests. ``toybench`` is the wo
 DreamBench (held-out identities x 25 prompts).
 """
 
-from cgrpo.world.bench import TEMPLATES, BenchItem, toybench
+from cgrpo.world.bench import BenchItem, toybench
 from cgrpo.world.core import (
     KINDS,
     Identity,
@@ -17,6 +17,7 @@ from cgrpo.world.core import (
     parse_prompt,
 )
 from cgrpo.world.pairs import PairBatch, pair_batch, sample_pair
+from cgrpo.world.templates import TEMPLATES
 
 __all__ = [
     "KINDS",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cgrpo.world.draw import paint_background, paint_subject
+from cgrpo.world.templates import TEMPLATES
 from cgrpo.world.vocab import (
     BACKGROUND_PHRASES,
     COLOURS,
@@ -268,8 +269,6 @@ class SubjectWorld:
     @staticmethod
     def prompt_templates() -> list[str]:
         """The 25 toybench prompts with a ``{noun}`` placeholder (see :mod:`cgrpo.world.bench`)."""
-        from cgrpo.world.bench import TEMPLATES
-
         return list(TEMPLATES)
 
     def scene_from_prompt(self, identity: Identity, prompt: str) -> Scene:
