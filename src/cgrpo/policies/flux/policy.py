@@ -1,4 +1,5 @@
-"""FLUX.1-Kontext and UNO (FLUX.1-dev + UNO LoRA) backends, built on diffusers + peft.
+"""The shared FLUX.1 step of both variants (Kontext and UNO): conditioning, the velocity
+forward and decoding, behind :class:`cgrpo.policies.base.Policy`.
 
 Token layout of one forward (GUIDE §2)::
 
@@ -7,10 +8,7 @@ Token layout of one forward (GUIDE §2)::
 The references are VAE-encoded once per :meth:`FluxPolicy.encode` call (posterior mean,
 ``(z - shift) * scale``) and packed like the target; the transformer sees
 ``cat([target, references])`` and its prediction is sliced back to the first ``L`` tokens.
-Position ids (``[L_total, 3]``: channel 0 = image index, 1 = row, 2 = column) follow the
-variant's scheme (:func:`reference_position_ids`): Kontext marks references with channel 0
-set to 1 (2, 3, ... for further references); UNO keeps channel 0 at 0 and moves each
-reference past the target and the previous references along rows and/or columns.
+Position ids follow the variant's scheme (:mod:`cgrpo.policies.flux.layout`).
 
 The timestep goes in as sigma in [0, 1] (FluxKontextPipeline passes ``t / 1000`` with
 ``t = 1000 * sigma``; the transformer multiplies by 1000 itself), the guidance scale through
@@ -23,222 +21,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cgrpo.config import ConfigError, option, parse
+from cgrpo.config import parse
 from cgrpo.policies.base import POLICIES, Condition, LoraTargets
 from cgrpo.policies.dit import (
-    ATTENTION_BACKENDS,
     DTYPES,
     IN_MEMORY,
-    DiTOptions,
     DiTPolicy,
     EmbeddingCache,
     fingerprint,
     reference_pixels,
-    resize_center_crop,
 )
-from cgrpo.policies.dit import check_model_dir as _check_dir
-
-log = logging.getLogger(__name__)
-
-VARIANTS = ("kontext", "uno")
-ID_SCHEMES = ("kontext", "d", "h", "w", "o")
-
-#: The modules diffusers' Kontext LoRA training adapts (preset ``diffusers``). Names match by
-#: suffix, so the attention projections of the single blocks (attn.to_q/k/v) are included,
-#: while the single blocks' ``proj_out`` is not (a bare "proj_out" would also hit the final
-#: output layer); list ``single_transformer_blocks.N.proj_out`` explicitly to add them.
-KONTEXT_LORA_TARGETS = (
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "ff_context.net.0.proj",
-    "ff_context.net.2",
-    "proj_mlp",
+from cgrpo.policies.flux.layout import pack_latents, reference_position_ids, target_position_ids
+from cgrpo.policies.flux.variants import (
+    KONTEXT_LORA_TARGETS,
+    PAPER_LORA_TARGETS,
+    FluxOptions,
+    check_model_dir,
+    fuse_xlabs_lora,
+    variant_pipeline,
 )
 
-#: The official UNO / Customized-GRPO LoRA (preset ``paper``) in diffusers' names. Double
-#: blocks: the fused qkv and the output projection of both streams (BFL's ``img_attn.qkv``,
-#: ``img_attn.proj``, ``txt_attn.qkv``, ``txt_attn.proj``); single blocks: the qkv part of
-#: ``linear1`` and ``linear2`` (diffusers' ``proj_out``); nothing in the MLPs. diffusers keeps
-#: q, k and v as separate layers, so each fused qkv LoRA becomes three LoRAs that share one
-#: down-projection A (exactly the fused rank-r LoRA; see LoraTargets). A regular expression
-#: on full names, so the final top-level ``proj_out`` is not caught.
-PAPER_LORA_TARGETS = LoraTargets(
-    modules=(
-        r"transformer_blocks\.\d+\.attn\."
-        r"(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-        r"|single_transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v)|proj_out)"
-    ),
-    shared_down=(("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj")),
-)
-
-#: Sub-directories of a diffusers FLUX checkpoint this backend loads (scheduler/ is unused:
-#: the sigma schedule comes from the sampling config).
-MODEL_PARTS = {
-    "transformer": "FluxTransformer2DModel (config.json + weights)",
-    "vae": "AutoencoderKL (config.json + weights)",
-    "text_encoder": "CLIPTextModel (config.json + weights)",
-    "text_encoder_2": "T5EncoderModel (config.json + weights)",
-    "tokenizer": "CLIP tokenizer files",
-    "tokenizer_2": "T5 tokenizer files",
-}
-_NEEDS_CONFIG = ("transformer", "vae", "text_encoder", "text_encoder_2")
+log = logging.getLogger(__package__)  # "cgrpo.policies.flux", as before the split
 
 
-@dataclass
-class FluxOptions(DiTOptions):
-    """``model.options`` of the ``flux`` backend (``path``: a diffusers FLUX directory with
-    transformer/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/)."""
-
-    variant: str = option(
-        "kontext", "kontext (FLUX.1-Kontext) or uno (FLUX.1-dev + UNO LoRA)", choices=VARIANTS
-    )
-    uno_lora: str | None = option(
-        None,
-        "UNO LoRA safetensors file (XLabs names); required for "
-        "variant uno, fused into the base before training",
-    )
-    id_scheme: str | None = option(
-        None,
-        "reference position ids: kontext, or UNO's d (rows+cols),"
-        " h (rows), w (cols), o (none); null = the variant's own"
-        " (kontext / d)",
-        choices=ID_SCHEMES,
-    )
-    guidance: float = option(
-        3.5, "FLUX guidance-embedding scale (used when the model has one)", min=0.0
-    )
-    max_sequence_length: int = option(512, "T5 tokens per prompt", min=1, max=512)
-
-    def validate(self, prefix: str = "model.options") -> None:
-        key = f"{prefix}.uno_lora" if prefix else "uno_lora"
-        if self.variant == "uno" and not self.uno_lora:
-            raise ConfigError(key, self.uno_lora, "required for variant uno (the UNO LoRA file)")
-        if self.variant == "kontext" and self.uno_lora:
-            raise ConfigError(key, self.uno_lora, "only used with variant uno")
-
-    @property
-    def scheme(self) -> str:
-        return self.id_scheme or ("kontext" if self.variant == "kontext" else "d")
-
-
-# ----------------------------------------------------------------------------- pure helpers
-def target_position_ids(rows: int, cols: int) -> torch.Tensor:
-    """``[rows * cols, 3]`` float ids of a packed ``rows x cols`` grid: ``(0, row, col)``."""
-    from diffusers import FluxPipeline
-
-    return FluxPipeline._prepare_latent_image_ids(None, rows, cols, "cpu", torch.float32)
-
-
-def reference_position_ids(
-    scheme: str, target_grid: tuple[int, int], reference_grids: Sequence[tuple[int, int]]
-) -> torch.Tensor:
-    """Position ids of the reference tokens, ``[sum(r * c), 3]`` float, in reference order.
-
-    ``target_grid`` and ``reference_grids`` are packed ``(rows, cols)`` sizes.
-
-    * ``kontext``: reference ``k`` (0-based) gets channel 0 = ``k + 1``, rows/cols from 0
-      (one reference: exactly FluxKontextPipeline's ids).
-    * UNO ``d`` / ``h`` / ``w`` / ``o``: channel 0 stays 0; a running shift starts at the
-      target's ``(rows, cols)`` and grows by each reference's size; ``d`` adds it to rows and
-      cols, ``h`` to rows only, ``w`` to cols only, ``o`` to neither.
-    """
-    if scheme not in ID_SCHEMES:
-        raise ValueError(f"unknown id scheme {scheme!r}; choose one of: {', '.join(ID_SCHEMES)}")
-    row_shift, col_shift = target_grid
-    parts = []
-    for k, (rows, cols) in enumerate(reference_grids):
-        ids = target_position_ids(rows, cols)
-        if scheme == "kontext":
-            ids[:, 0] = k + 1
-        else:
-            if scheme in ("d", "h"):
-                ids[:, 1] += row_shift
-            if scheme in ("d", "w"):
-                ids[:, 2] += col_shift
-            row_shift += rows
-            col_shift += cols
-        parts.append(ids)
-    if not parts:
-        return torch.zeros(0, 3)
-    return torch.cat(parts)
-
-
-def pack_latents(latents: torch.Tensor) -> torch.Tensor:
-    """``[B, C, h, w]`` VAE latents -> ``[B, (h/2)*(w/2), 4C]`` FLUX tokens (2x2 patches)."""
-    from diffusers import FluxPipeline
-
-    b, c, h, w = latents.shape
-    return FluxPipeline._pack_latents(latents, b, c, h, w)
-
-
-def check_model_dir(path: str | Path) -> Path:
-    """Raise FileNotFoundError naming every missing part of a diffusers FLUX directory."""
-    return _check_dir(path, MODEL_PARTS, _NEEDS_CONFIG, "FLUX")
-
-
-def fuse_xlabs_lora(transformer: nn.Module, path: str | Path) -> int:
-    """Convert an XLabs-style LoRA file (UNO's format) with diffusers and fuse it into the weights.
-
-    ``W <- W + up @ down`` for every adapted layer (XLabs LoRAs carry no alpha, so the scale
-    is 1; a fused ``qkv`` LoRA shares ``down`` and splits ``up`` over to_q/to_k/to_v).
-    Returns the number of layers changed. The transformer is left without any adapter.
-    """
-    from diffusers import FluxPipeline
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from safetensors.torch import load_file
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model.options.uno_lora: LoRA file not found: {path}")
-    raw = load_file(str(path))
-    if not any(".processor." in k for k in raw):
-        raise ValueError(
-            f"model.options.uno_lora: {path} is not an XLabs-style LoRA (expected keys "
-            f"like double_blocks.0.processor.qkv_lora1.down.weight, got "
-            f"{sorted(raw)[:3]})"
-        )
-    converted = FluxPipeline.lora_state_dict(raw)
-    targets = {k.removeprefix("transformer.").rsplit(".lora_", 1)[0] for k in converted}
-    linear = {n for n, m in transformer.named_modules() if isinstance(m, nn.Linear)}
-    if targets - linear:
-        raise ValueError(
-            f"model.options.uno_lora: {path} names layers this transformer lacks: "
-            f"{sorted(targets - linear)[:5]}"
-        )
-    transformer.load_lora_adapter(converted, prefix="transformer", adapter_name="uno")
-    adapted = {n for n, m in transformer.named_modules() if isinstance(m, BaseTunerLayer)}
-    if targets - adapted:  # diffusers only warns about keys it could not place
-        transformer.unload_lora()
-        raise ValueError(
-            f"model.options.uno_lora: {path}: layers not adapted: {sorted(targets - adapted)[:5]}"
-        )
-    transformer.fuse_lora(adapter_names=["uno"])
-    transformer.unload_lora()
-    return len(targets)
-
-
-def _pipeline_class(variant: str) -> Any:
-    from diffusers import FluxKontextPipeline, FluxPipeline
-
-    return FluxKontextPipeline if variant == "kontext" else FluxPipeline
-
-
-# ----------------------------------------------------------------------------- the policy
 class _TextStack:
     """Text encoders and tokenizers, kept outside the module tree so that ``policy.to()``,
     ``state_dict()`` and optimisers never touch them."""
@@ -294,7 +104,7 @@ class FluxPolicy(DiTPolicy):
         self._text_cache = EmbeddingCache(options.text_cache_size, options.text_cache_dir)
 
     def pipeline_class(self) -> Any:
-        return _pipeline_class(self.options.variant)
+        return variant_pipeline(self.options.variant)
 
     # ----- construction ------------------------------------------------------------------
     @classmethod
@@ -503,19 +313,4 @@ def _build_flux(options: dict[str, Any], device: torch.device, dtype: torch.dtyp
     return FluxPolicy.from_pretrained(parse(FluxOptions, options, "model.options"), device)
 
 
-__all__ = [
-    "ATTENTION_BACKENDS",
-    "FluxOptions",
-    "FluxPolicy",
-    "ID_SCHEMES",
-    "KONTEXT_LORA_TARGETS",
-    "MODEL_PARTS",
-    "PAPER_LORA_TARGETS",
-    "VARIANTS",
-    "check_model_dir",
-    "fuse_xlabs_lora",
-    "pack_latents",
-    "reference_position_ids",
-    "resize_center_crop",
-    "target_position_ids",
-]
+__all__ = ["FluxPolicy"]
