@@ -11,7 +11,13 @@ import yaml
 
 from cgrpo.evaluation.results import write_records
 from cgrpo.study import load_study, load_study_results
-from cgrpo.study.analysis import arm_table, change_table, paired_table
+from cgrpo.study.analysis import (
+    arm_table,
+    change_table,
+    joint_outcomes,
+    joint_table,
+    paired_table,
+)
 from cgrpo.study.runner import run_dir
 
 
@@ -102,3 +108,35 @@ def _run(arm: str, seed: int):
     from cgrpo.study.spec import StudyRun
 
     return StudyRun(arm, seed, ())
+
+
+def test_joint_outcomes_classify_each_item_by_both_changes():
+    dx = np.array([[0.2, -0.1, 0.3, 0.0, -0.2]])
+    dy = np.array([[0.1, -0.3, -0.2, 0.5, 0.4]])
+    got = joint_outcomes(dx, dy)
+    assert got["both rose"].tolist() == [[1, 0, 0, 0, 0]]
+    assert got["both fell"].tolist() == [[0, 1, 0, 0, 0]]
+    assert got["trade-off"].tolist() == [[0, 0, 1, 0, 1]]  # a tie (item 4) counts in none
+
+
+def test_joint_table_gives_the_rates_over_seeds_and_items(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 0\n")
+    (tmp_path / "study.yaml").write_text(
+        yaml.safe_dump({"base": "base.yaml", "arms": {"a": []}, "seeds": [0, 1]})
+    )
+    study = load_study(tmp_path / "study.yaml")
+    keys, subjects, kinds = ["k0", "k1", "k2", "k3"], ["s0", "s0", "s1", "s1"], ["recontext"] * 4
+    base = {"id": np.zeros(4), "prompt": np.zeros(4)}
+    # seed 0: both rose, both rose, trade-off, both fell; seed 1: both fell on every item
+    after = {
+        0: {"id": np.array([1.0, 1, 1, -1]), "prompt": np.array([1.0, 1, -1, -1])},
+        1: {"id": -np.ones(4), "prompt": -np.ones(4)},
+    }
+    out = tmp_path / "study"
+    for seed in (0, 1):
+        fake_run(run_dir(out, _run("a", seed)), keys, subjects, kinds, base, after[seed])
+    (row,) = joint_table(load_study_results(study, out), "id", "prompt")
+    assert (row.arm, row.kind, row.seeds) == ("a", "all", 2)
+    assert row.estimates["both rose"].mean == pytest.approx(2 / 8)
+    assert row.estimates["both fell"].mean == pytest.approx(5 / 8)
+    assert row.estimates["trade-off"].mean == pytest.approx(1 / 8)

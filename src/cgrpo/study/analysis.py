@@ -6,7 +6,7 @@ of an arm is a matrix ``scores[s, i]``: seed ``s``, held-out item ``i``; items b
 clusters (the toy identity, the DreamBench subject).
 
 Uncertainty has three sources, and the interval resamples all three
-(:func:`cgrpo.evaluation.stats.hierarchical_bootstrap_ci`): the seeds (training randomness), the clusters (which
+(:func:`cgrpo.evaluation.stats.bootstrap.hierarchical_bootstrap_ci`): the seeds (training randomness), the clusters (which
 subjects happen to be held out) and the items within a cluster (which prompts). Differences
 between arms are *paired*: the same seed gives both arms the same data order and initial
 noise, and both arms are scored on the same items, so ``arm[s, i] - baseline[s, i]`` is
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cgrpo.evaluation.stats import DEFAULT_RESAMPLES, Estimate, hierarchical_bootstrap_ci
+from cgrpo.evaluation.stats.bootstrap import DEFAULT_RESAMPLES, Estimate, hierarchical_bootstrap_ci
 from cgrpo.study.runner import run_dir, run_finished
 from cgrpo.study.spec import StudyConfig, StudyRun, plan_runs
 
@@ -34,6 +34,7 @@ __all__ = [
     "StudyResults",
     "arm_table",
     "change_table",
+    "joint_table",
     "load_study_results",
     "paired_table",
     "training_curves",
@@ -255,6 +256,62 @@ def change_table(
                             seed=seed,
                         )
                         for m in results.metrics
+                    },
+                )
+            )
+    return rows
+
+
+JOINT_COLUMNS = ("both rose", "both fell", "trade-off")
+"""The joint-rate columns: the share of (seed, item) pairs where both rewards rose, both
+fell, or one rose while the other fell (ties in either reward count in none)."""
+
+
+def joint_outcomes(change_x: np.ndarray, change_y: np.ndarray) -> dict[str, np.ndarray]:
+    """Per entry of two change matrices (``after - base``, any equal shapes), 1.0 where
+    the outcome of :data:`JOINT_COLUMNS` holds, else 0.0; the mean of each is its rate."""
+    up_x, up_y = change_x > 0, change_y > 0
+    down_x, down_y = change_x < 0, change_y < 0
+    return {
+        "both rose": (up_x & up_y).astype(float),
+        "both fell": (down_x & down_y).astype(float),
+        "trade-off": ((up_x & down_y) | (down_x & up_y)).astype(float),
+    }
+
+
+def joint_table(
+    results: StudyResults,
+    metric_x: str,
+    metric_y: str,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> list[Row]:
+    """Per arm and prompt kind: how often training moved two rewards together on one
+    held-out item (columns :data:`JOINT_COLUMNS`), with the hierarchical CI of each rate.
+
+    Mean changes hide the trade-off a multi-reward method is about: an arm can raise both
+    means while half its items trade one reward for the other. Rates are over every
+    (seed, item) of the arm, each item's change taken against the base model."""
+    rows = []
+    for kind in results.kind_names:
+        mask = results.kind_mask(kind)
+        clusters = np.array(results.clusters)[mask]
+        for arm in results.arms.values():
+            outcomes = joint_outcomes(
+                arm.after[metric_x][:, mask] - results.base[metric_x][None, mask],
+                arm.after[metric_y][:, mask] - results.base[metric_y][None, mask],
+            )
+            rows.append(
+                Row(
+                    arm.name,
+                    kind,
+                    len(arm.seeds),
+                    {
+                        name: hierarchical_bootstrap_ci(
+                            hits, clusters, resamples=resamples, seed=seed
+                        )
+                        for name, hits in outcomes.items()
                     },
                 )
             )

@@ -6,11 +6,13 @@ Files written into the study directory:
   over seeds x clusters x items) for every metric and prompt kind, what training changed
   (after - base, paired by item), and each arm minus the baseline arm, paired by seed and
   item;
+* the joint rates: per arm, the share of (seed, held-out item) pairs where both trained
+  rewards rose, both fell, or one was traded for the other;
 * ``pareto.png`` -- identity vs prompt metric: one dot per run, arm means with error bars;
 * ``curves.png`` -- training rewards and conflict rate per arm over the steps;
 * ``grids/compare.png`` (base and every arm's first seed on the same held-out items) and
   ``grids/<arm>.png`` (base and every seed of that arm);
-* ``report.html`` -- the evaluation report page (:func:`cgrpo.evaluation.report.build_report`)
+* ``report.html`` -- the evaluation report page (:func:`cgrpo.evaluation.output.report.build_report`)
   over the base and each arm (scores averaged over seeds per item), with the study's own
   tables and figures on top.
 """
@@ -26,10 +28,12 @@ from typing import Any
 
 from cgrpo.study.analysis import (
     ALL_KINDS,
+    JOINT_COLUMNS,
     Row,
     StudyResults,
     arm_table,
     change_table,
+    joint_table,
     load_study_results,
     paired_table,
     training_curves,
@@ -178,6 +182,13 @@ def _html_sections(
             + md_to_html(markdown_tables["paired"])
             + "</section>"
         )
+    if markdown_tables.get("joint"):
+        parts.append(
+            "<section><h2>Joint rates (share of seed x item pairs where both trained rewards "
+            "rose, both fell, or one was traded for the other)</h2>"
+            + md_to_html(markdown_tables["joint"])
+            + "</section>"
+        )
     for name, caption in (("pareto_study", "Identity vs prompt"), ("curves", "Training")):
         if name in files:
             parts.append(
@@ -199,8 +210,9 @@ def build_study_report(
     study: StudyConfig, out: str | Path, *, resamples: int = 1000
 ) -> StudySummary:
     """Write every study output for the finished runs under ``out`` (see module docstring)."""
-    from cgrpo.evaluation.report import RunResults, build_report
-    from cgrpo.evaluation.tables import summarize
+    from cgrpo.evaluation.output.report import build_report
+    from cgrpo.evaluation.output.runs import RunResults
+    from cgrpo.evaluation.stats.tables import summarize
 
     out = Path(out)
     results = load_study_results(study, out)
@@ -216,6 +228,9 @@ def build_study_report(
         tables["paired"] = rows_markdown(paired_rows, results.metrics, signed=True)
 
     axes = _axes(study, results, out)
+    joint_rows = joint_table(results, *axes, resamples=resamples) if axes else []
+    if joint_rows:
+        tables["joint"] = rows_markdown(joint_rows, list(JOINT_COLUMNS))
     kinds = [k for k in results.kind_names if k == ALL_KINDS or k in PROPERTY_KINDS]
     if axes is not None:
         files["pareto_study"] = pareto_study_figure(
@@ -271,6 +286,17 @@ def build_study_report(
             tables["paired"],
             "",
         ]
+    if "joint" in tables:
+        md += [
+            f"## Joint rates: {axes[0]} and {axes[1]} on the same item (after vs base)",
+            "",
+            "Share of (seed, item) pairs where both rose, both fell, or one rose while the "
+            "other fell; the rest are ties. Means can rise while many items trade one reward "
+            "for the other.",
+            "",
+            tables["joint"],
+            "",
+        ]
     for key, caption in (("pareto_study", "pareto"), ("curves", "training curves")):
         if key in files:
             md += [f"![{caption}]({files[key].relative_to(out).as_posix()})", ""]
@@ -290,6 +316,10 @@ def build_study_report(
                 "per_arm": _rows_json(arms_rows),
                 "change": _rows_json(change_rows),
                 "paired": _rows_json(paired_rows),
+                "joint": {
+                    "metrics": list(axes) if axes else [],
+                    "rows": _rows_json(joint_rows),
+                },
             },
             indent=2,
         )
