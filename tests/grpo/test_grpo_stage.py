@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cgrpo.config import ConfigError, load_config
-from cgrpo.config import train as train_config
+from cgrpo.config import sections as train_config
 from cgrpo.grpo import (
     NORMALIZATIONS,
     STRATEGIES,

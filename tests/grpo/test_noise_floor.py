@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cgrpo.config.schema import ConfigError
-from cgrpo.config.train import AdvantageConfig
+from cgrpo.config.sections import AdvantageConfig
 from cgrpo.grpo import group_normalize
 from cgrpo.grpo.noise_floor import (
     flatten_groups,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgrpo.config.train import WandbConfig
+from cgrpo.config.sections import WandbConfig
 from cgrpo.training.faults import fault_point
 
 log = logging.getLogger("cgrpo.train")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cgrpo.config.schema import ConfigError
-from cgrpo.config.train import SamplingConfig
+from cgrpo.config.sections import SamplingConfig
 from cgrpo.data.base import Example
 from cgrpo.policies.base import Condition
 from cgrpo.rewards.base import RewardBatch, ScoreRequest
