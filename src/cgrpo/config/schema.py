@@ -43,7 +43,8 @@ def option(
     """
     meta = {
         "help": help,
-        "choices": tuple(choices) if choices is not None else None,
+        # a list stays live: cgrpo.grpo's register_* functions add the names they register
+        "choices": choices if isinstance(choices, list) or choices is None else tuple(choices),
         "min": min,
         "max": max,
         "min_exclusive": min_exclusive,

@@ -12,8 +12,9 @@ from typing import Any
 from cgrpo.config.schema import option
 
 # Kept equal to cgrpo.grpo's registries (tests/grpo/test_grpo_stage.py checks it); listed
-# here so that loading a config does not import the GRPO math.
-ADVANTAGE_STRATEGIES = (
+# here so that loading a config does not import the GRPO math. Lists, so that
+# cgrpo.grpo.register_strategy / register_weight_schedule can add a user's names.
+ADVANTAGE_STRATEGIES = [
     "sars",
     "linear",
     "harmonic",
@@ -25,8 +26,8 @@ ADVANTAGE_STRATEGIES = (
     "gdpo",
     "gate",
     "mgda",
-)
-WEIGHT_SCHEDULES = ("tdw", "fixed", "linear", "reversed-tdw")
+]
+WEIGHT_SCHEDULES = ["tdw", "fixed", "linear", "reversed-tdw"]
 NORMALIZATIONS = ("group", "batch", "none")
 REWARD_ROLES = ("prompt", "identity", "monitor")
 LORA_INITS = ("default", "gaussian")

@@ -20,7 +20,14 @@ from .mgda import MGDAStep, mgda_direction, min_norm_weights
 from .normalize import NORMALIZATIONS, batch_normalize, group_normalize
 from .schedule import dynamic_sigma_schedule, flux_mu, sigma_schedule, time_shift
 from .sde import SDE_NOISE_SCALES, NoiseScale, SDEStepResult, sde_step
-from .stage import STRATEGIES, GateParams, Strategy, check_strategy, compute_advantages
+from .stage import (
+    STRATEGIES,
+    GateParams,
+    Strategy,
+    check_strategy,
+    compute_advantages,
+    register_strategy,
+)
 from .timesteps import (
     StepWindow,
     num_trained_timesteps,
@@ -36,6 +43,7 @@ from .weighting import (
     TDWSchedule,
     WeightSchedule,
     make_weight_schedule,
+    register_weight_schedule,
     schedule_weights,
     tdw_weights,
 )
@@ -72,6 +80,8 @@ __all__ = [
     "min_norm_weights",
     "num_trained_timesteps",
     "ppo_clip_loss",
+    "register_strategy",
+    "register_weight_schedule",
     "schedule_weights",
     "sde_step",
     "select_timesteps_random",

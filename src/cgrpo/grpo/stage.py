@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_finite_float, unknown_name
-from .advantages import _as_weights, combine_advantages
+from .advantages import ADVANTAGE_STRATEGIES, AdvantageCombiner, _as_weights, combine_advantages
 from .normalize import (
     NORMALIZATIONS,
     check_finite_columns,
@@ -38,7 +38,14 @@ from .normalize import (
 )
 from .normalize import batch_normalize as batch_zscore
 
-__all__ = ["STRATEGIES", "GateParams", "Strategy", "check_strategy", "compute_advantages"]
+__all__ = [
+    "STRATEGIES",
+    "GateParams",
+    "Strategy",
+    "check_strategy",
+    "compute_advantages",
+    "register_strategy",
+]
 
 ROLES = ("prompt", "identity")
 
@@ -110,6 +117,32 @@ STRATEGIES: dict[str, Strategy] = {
     "gate": Strategy(raw_combiner=_gate, needs="roles"),
     "mgda": Strategy(per_reward=True, needs="several"),
 }
+
+
+def register_strategy(
+    name: str, strategy: Strategy | AdvantageCombiner, *, needs: str = ""
+) -> Strategy:
+    """Add ``advantage.strategy: name`` without editing cgrpo (tests/recipes/recipe_strategy.py).
+
+    ``strategy`` is a :class:`Strategy`, or a combiner of the per-reward advantages
+    (:class:`~cgrpo.grpo.advantages.AdvantageCombiner`: ``(adv [B, K], weights [B, K], gamma,
+    group_size) -> [B]``), then also registered in ``ADVANTAGE_STRATEGIES`` and wrapped as
+    ``Strategy(combiner=name, needs=needs)``. The name becomes a valid config value.
+
+    Raises:
+        ValueError: ``name`` is already a strategy.
+    """
+    from cgrpo.config.sections import ADVANTAGE_STRATEGIES as CONFIG_NAMES
+
+    if name in STRATEGIES or name in ADVANTAGE_STRATEGIES:
+        raise ValueError(f"advantage strategy {name!r} is already registered")
+    if not isinstance(strategy, Strategy):
+        ADVANTAGE_STRATEGIES[name] = strategy
+        strategy = Strategy(combiner=name, needs=needs)
+    STRATEGIES[name] = strategy
+    if name not in CONFIG_NAMES:
+        CONFIG_NAMES.append(name)
+    return strategy
 
 
 def lookup_strategy(name: str) -> Strategy:

@@ -8,7 +8,7 @@ Every schedule returns the pair ``(w_prompt, w_identity)`` with ``w_identity = 1
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Protocol, overload
 
 import torch
@@ -24,6 +24,7 @@ __all__ = [
     "TDWSchedule",
     "WeightSchedule",
     "make_weight_schedule",
+    "register_weight_schedule",
     "schedule_weights",
     "tdw_weights",
 ]
@@ -207,6 +208,27 @@ WEIGHT_SCHEDULES: dict[str, type[WeightSchedule]] = {
     "linear": LinearSchedule,
     "reversed-tdw": ReversedTDWSchedule,
 }
+
+
+def register_weight_schedule(name: str, schedule: type[WeightSchedule]) -> None:
+    """Add ``advantage.schedule: name`` without editing cgrpo (tests/recipes/recipe_schedule.py).
+
+    ``schedule`` is a dataclass whose fields are its parameters (the trainer builds it with
+    their defaults) and whose ``__call__(step, num_steps)`` returns ``[..., 2]`` float32
+    ``(w_prompt, w_identity)`` (:class:`WeightSchedule`). The name becomes a valid config value.
+
+    Raises:
+        ValueError: ``name`` is already a schedule, or ``schedule`` is not a dataclass.
+    """
+    from cgrpo.config.sections import WEIGHT_SCHEDULES as CONFIG_NAMES
+
+    if name in WEIGHT_SCHEDULES:
+        raise ValueError(f"weight schedule {name!r} is already registered")
+    if not (isinstance(schedule, type) and is_dataclass(schedule)):
+        raise ValueError(f"weight schedule {name!r} must be a dataclass, got {schedule!r}")
+    WEIGHT_SCHEDULES[name] = schedule
+    if name not in CONFIG_NAMES:
+        CONFIG_NAMES.append(name)
 
 
 def make_weight_schedule(name: str, **params: float) -> WeightSchedule:
