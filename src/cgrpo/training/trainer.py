@@ -17,9 +17,10 @@ position in the step's global list of groups, never by the process, so W process
 ``groups_per_step = g`` train the same LoRA as one process with ``groups_per_step = W * g``
 (up to float rounding; README "Many processes" lists where that does not hold).
 
-This module holds the loop, stage 1 (sampling) and stopping early; the rest of the
-:class:`Trainer` lives beside it: start-up and resume (:mod:`cgrpo.training.startup`), the
-rewards (:mod:`cgrpo.training.scoring`), stages 3 and 4 (:mod:`cgrpo.training.update`),
+This module holds the loop and stopping early; the rest of the :class:`Trainer` lives
+beside it: start-up and resume (:mod:`cgrpo.training.startup`), stage 1, sampling
+(:mod:`cgrpo.training.sample_stage`), the rewards (:mod:`cgrpo.training.scoring`), stages 3
+and 4 (:mod:`cgrpo.training.update`),
 sample grids, the held-out check and ``summary.md`` (:mod:`cgrpo.training.outputs`), and the
 seeds every random draw derives from (:mod:`cgrpo.training.seeds`).
 """
@@ -36,18 +37,15 @@ from typing import Any
 import torch
 
 from cgrpo.config.train import Config
-from cgrpo.data.base import Example
 from cgrpo.evaluation.harness import PolicyEvaluation
 from cgrpo.evaluation.heldout import HeldOutCheck
-from cgrpo.grpo import sliding_window
 from cgrpo.rewards.base import RewardBatch
-from cgrpo.sampling import initial_noise, merged_lora, sample_trajectory
 from cgrpo.training.checkpoint import latest_checkpoint, save_adapter_atomically, save_checkpoint
 from cgrpo.training.distributed import lost_peer, process_group_kwargs
 from cgrpo.training.faults import fault_point
 from cgrpo.training.outputs import RunOutputs
 from cgrpo.training.rollout import Rollout
-from cgrpo.training.seeds import generator_for
+from cgrpo.training.sample_stage import RolloutSampling
 from cgrpo.training.signals import StopRequested, StopSignals, exit_code
 from cgrpo.training.startup import TrainerSetup
 from cgrpo.training.stopping import Interrupted, failure, failure_cause, resume_command
@@ -57,7 +55,7 @@ from cgrpo.training.writes import quiet_writer_threads, writing
 log = logging.getLogger("cgrpo.train")
 
 
-class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
+class Trainer(TrainerSetup, RolloutSampling, PolicyUpdate, RunOutputs):
     """Runs GRPO training for a :class:`~cgrpo.config.train.Config` into ``run_dir``."""
 
     def __init__(
@@ -87,95 +85,6 @@ class Trainer(TrainerSetup, PolicyUpdate, RunOutputs):
         self._held_out: HeldOutCheck | None = None
         self._eval_results: dict[str, PolicyEvaluation] = {}
         self._setup()
-
-    # ------------------------------------------------------------------ stage 1: sample
-    def step_groups(self) -> range:
-        """Positions of this process's groups among the ``W * groups_per_step`` groups that
-        all processes sample in a step (the same at every step)."""
-        per_process = self.config.sampling.groups_per_step
-        return range(self.rank * per_process, (self.rank + 1) * per_process)
-
-    def examples_for_step(self, step: int) -> list[Example]:
-        """This process's examples at ``step``: a seeded permutation per epoch, no repeats."""
-        n = len(self.dataset)
-        per_step = self.world_size * self.config.sampling.groups_per_step
-        out = []
-        for q in self.step_groups():
-            epoch, offset = divmod(step * per_step + q, n)
-            perm = torch.randperm(n, generator=generator_for(self.config.seed, "epoch", epoch))
-            out.append(self.items.pick(perm, offset))  # past bad items (data/skipping.py)
-        return out
-
-    def trained_steps_mask(self, step: int) -> torch.Tensor:
-        """``[N]`` bool: which sampler steps are stochastic this step.
-
-        Only the first N-1 steps are ever trained, so the last step is always the
-        deterministic ODE step: noise injected there would only blur the images the
-        rewards score (in pixel space it shows as speckle). MixGRPO: only the window.
-        """
-        t = self.config.train
-        n = self.config.sampling.num_steps
-        if t.timestep_selection == "window":
-            window = sliding_window(
-                n, t.window_size, t.window_stride, step, t.window_shift_interval
-            )
-            return window.sde_mask()
-        mask = torch.ones(n, dtype=torch.bool)
-        mask[-1] = False
-        return mask
-
-    def sample(self, step: int) -> Rollout:
-        cfg = self.config.sampling
-        examples = self.examples_for_step(step)
-        g = cfg.group_size
-        with torch.no_grad():
-            cond = self.policy.encode(
-                [e.prompt for e in examples], [e.references for e in examples]
-            ).to(self.device)
-        cond = cond.repeat_interleave(g)
-        seed = self.config.seed
-        noise = torch.cat(
-            [
-                initial_noise(
-                    self.policy,
-                    g,
-                    generator_for(seed, "noise", step, q),
-                    group_size=g if cfg.same_noise else 1,
-                    device=self.device,
-                )
-                for q in self.step_groups()
-            ]
-        )
-        self.policy.eval()
-        with merged_lora(self.policy) if cfg.merge_lora else nullcontext():
-            traj = sample_trajectory(
-                self.policy,
-                cond,
-                noise,
-                self.sigmas,
-                noise_level=cfg.noise_level,
-                kind=cfg.sde_kind,
-                sde_steps=self.trained_steps_mask(step),
-                generator=[
-                    generator_for(seed, "sde", step, q, k)
-                    for q in self.step_groups()
-                    for k in range(g)
-                ],
-                chunk_size=cfg.chunk_size,
-            )
-        with torch.no_grad():
-            images = self._decode(traj.final)
-        group_examples = [e for e in examples for _ in range(g)]
-        return Rollout(group_examples, cond, traj, images, g)
-
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        chunk = self.config.sampling.chunk_size or latents.shape[0]
-        return torch.cat(
-            [
-                self.policy.decode(latents[i : i + chunk]).float().cpu()
-                for i in range(0, latents.shape[0], chunk)
-            ]
-        )
 
     # ------------------------------------------------------------------ stage 2: score
     def score(self, rollout: Rollout) -> RewardBatch:
