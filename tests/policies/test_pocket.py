@@ -198,7 +198,7 @@ def test_dtype_and_device_are_honoured(refs):
 
 
 def test_committed_asset_loads_and_checks_its_architecture(refs):
-    assert ASSET_PATH.is_file(), "run python -m cgrpo.policies.pocket_train to rebuild it"
+    assert ASSET_PATH.is_file(), "run python -m cgrpo.training.pocket_train to rebuild it"
     assert ASSET_PATH.stat().st_size < 10 * 2**20
     report = json.loads(ASSET_PATH.with_suffix(".json").read_text())
     pol = build_policy("pocket")

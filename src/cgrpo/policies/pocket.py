@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 ASSET_PATH = Path(__file__).resolve().parent.parent / "assets" / "pocket.safetensors"
-"""The committed pretrained weights (``python -m cgrpo.policies.pocket_train`` writes them)."""
+"""The committed pretrained weights (``python -m cgrpo.training.pocket_train`` writes them)."""
 
 _META_KEY = "cgrpo.pocket.arch"
 _SEG_TEXT, _SEG_TARGET, _SEG_REFERENCE = 0, 1, 2

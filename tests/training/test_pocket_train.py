@@ -8,8 +8,8 @@ import torch
 
 from cgrpo.config import ConfigError
 from cgrpo.policies import build_policy
-from cgrpo.policies.pocket_eval import flow_matching_loss, sample_sigmas
-from cgrpo.policies.pocket_train import PretrainOptions, lr_factor, main, training_progress
+from cgrpo.training.pocket_eval import flow_matching_loss, sample_sigmas
+from cgrpo.training.pocket_train import PretrainOptions, lr_factor, main, training_progress
 
 TINY_ARGS = ["--dim", "16", "--depth", "1", "--heads", "2", "--text-max-length", "12"]
 

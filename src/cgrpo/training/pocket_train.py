@@ -1,6 +1,6 @@
 """Pretraining recipe of the pocket generator on the toy subject world.
 
-    python -m cgrpo.policies.pocket_train --out src/cgrpo/assets/pocket.safetensors \
+    python -m cgrpo.training.pocket_train --out src/cgrpo/assets/pocket.safetensors \
         [--steps 5000 --seed 0 --max-minutes 16 --grid /tmp/pocket.png]
 
 Each step draws (reference, prompt, target) triplets of *training* identities
@@ -50,7 +50,7 @@ import torch
 
 from cgrpo.config import ConfigError, describe, option, parse, to_dict
 from cgrpo.policies.pocket import ASSET_PATH, PocketPolicy, build_pocket, save_pocket_weights
-from cgrpo.policies.pocket_eval import (
+from cgrpo.training.pocket_eval import (
     flow_matching_loss,
     heldout_loss,
     sample_quality,
@@ -63,7 +63,7 @@ __all__ = ["PretrainOptions", "lr_factor", "main", "pretrain", "training_progres
 
 @dataclass
 class PretrainOptions:
-    """Options of ``python -m cgrpo.policies.pocket_train`` (flags: ``--steps``, ...)."""
+    """Options of ``python -m cgrpo.training.pocket_train`` (flags: ``--steps``, ...)."""
 
     out: str = option(
         str(ASSET_PATH), "where to write the weights; the JSON sidecar goes next to it"
@@ -258,7 +258,7 @@ def _pretrain(opts: PretrainOptions) -> dict[str, Any]:
     )
     report = {
         "format": "cgrpo-pocket-v1",
-        "command": "python -m cgrpo.policies.pocket_train " + " ".join(sys.argv[1:]),
+        "command": "python -m cgrpo.training.pocket_train " + " ".join(sys.argv[1:]),
         "recipe": to_dict(opts),
         "architecture": dataclasses.asdict(saved.arch),
         "parameters": sum(p.numel() for p in saved.denoiser.parameters()),
@@ -300,7 +300,7 @@ def _write_snapshot(policy: PocketPolicy, state: dict[str, torch.Tensor], path: 
 # ----- command line ----------------------------------------------------------------------
 def _arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cgrpo.policies.pocket_train",
+        prog="python -m cgrpo.training.pocket_train",
         description="Pretrain the pocket generator on the toy subject world.",
     )
     hints = typing.get_type_hints(PretrainOptions)

@@ -1,5 +1,5 @@
 """Flow matching of the pocket generator on the toy subject world, and how its weights are
-measured (used by :mod:`cgrpo.policies.pocket_train`).
+measured (used by :mod:`cgrpo.training.pocket_train`).
 
 * training noise levels (:func:`sample_sigmas`), the flow-matching loss
   (:func:`flow_matching_loss`) and batches of world triplets (:func:`world_triplets`);
