@@ -6,7 +6,7 @@ Random weights at the real sizes, forward only, the batch sizes the library uses
   ``vae_batch_size`` images per call, and encode the one reference;
 * DINOv2-base (``dino`` / ``dino-seg`` backbone, float32 as the option's default): the group's
   images and the reference at 224x224 (the segmenter of ``dino-seg`` is not timed);
-* HPSv3: Qwen2-VL-7B-Instruct's architecture (:class:`cgrpo.rewards.hpsv3.HPSv3Model`, bf16)
+* HPSv3: Qwen2-VL-7B-Instruct's architecture (:class:`cgrpo.rewards.models.hpsv3.HPSv3Model`, bf16)
   on 448x448 images (256 visual tokens) with the query's text, ``batch_size`` 4.
 
 The query text length is an estimate (``--hps-text-tokens``; HPSv3's instruction is about
@@ -127,7 +127,7 @@ def hpsv3_cost(timer: Timer, images: int, text_tokens: int, batch: int, tiny: bo
     from accelerate import init_empty_weights
     from transformers import Qwen2VLConfig
 
-    from cgrpo.rewards.hpsv3 import HPSv3Model
+    from cgrpo.rewards.models.hpsv3 import HPSv3Model
 
     device = timer.device
     config = Qwen2VLConfig(

@@ -2,8 +2,8 @@
 
 ``--clients`` training processes (threads here) send ``--rounds`` requests of ``--images``
 images each, all at once, to one ``cgrpo serve-reward``-style server
-(:class:`cgrpo.rewards.server.RewardServer` over loopback HTTP), through the ``remote``
-reward's HTTP client (:func:`cgrpo.rewards.remote.request_json`). Request bodies are encoded
+(:class:`cgrpo.rewards.serving.server.RewardServer` over loopback HTTP), through the ``remote``
+reward's HTTP client (:func:`cgrpo.rewards.serving.remote.request_json`). Request bodies are encoded
 (PNG) before the clock starts: in training each process encodes its own on its own core,
 while here the client threads would share the server's interpreter lock.
 The served reward costs ``--forward-ms`` per call plus ``--per-image-ms`` per image, the
@@ -43,9 +43,9 @@ import torch
 from cgrpo.rewards import ScoreRequest
 from cgrpo.rewards.base import Reward
 from cgrpo.rewards.images import quantize
-from cgrpo.rewards.remote import request_json
-from cgrpo.rewards.server import RewardServer
-from cgrpo.rewards.wire import encode_request
+from cgrpo.rewards.serving.remote import request_json
+from cgrpo.rewards.serving.server import RewardServer
+from cgrpo.rewards.serving.wire import encode_request
 
 
 class FixedCostReward(Reward):

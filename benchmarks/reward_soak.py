@@ -51,7 +51,7 @@ import torch
 
 from cgrpo.rewards import ScoreRequest, build_reward
 from cgrpo.rewards.images import quantize
-from cgrpo.rewards.wire import encode_request
+from cgrpo.rewards.serving.wire import encode_request
 
 REPO = Path(__file__).resolve().parents[1]
 STATS = {
@@ -259,7 +259,7 @@ async def soak(
 
 
 def health(url: str) -> dict[str, Any]:
-    from cgrpo.rewards.remote import request_json
+    from cgrpo.rewards.serving.remote import request_json
 
     return request_json(url + "/health", timeout=30, retries=0)
 
@@ -346,7 +346,7 @@ def start_server(max_queue: int, extra: list[str]) -> tuple[subprocess.Popen, st
     cmd = [
         sys.executable,
         "-m",
-        "cgrpo.rewards.server",
+        "cgrpo.rewards.serving.server",
         "custom",
         "--options",
         json.dumps(STATS),

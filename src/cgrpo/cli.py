@@ -252,7 +252,7 @@ def _add_command(
 
 
 def _add_serve_reward(sub: argparse._SubParsersAction) -> None:
-    from cgrpo.rewards import server
+    from cgrpo.rewards.serving import server
 
     _add_command(
         sub,
@@ -296,7 +296,7 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_segments(sub: argparse._SubParsersAction) -> None:
-    from cgrpo.rewards import segment_report
+    from cgrpo.rewards.segmentation import segment_report
 
     _add_command(
         sub,

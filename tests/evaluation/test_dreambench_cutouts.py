@@ -58,8 +58,8 @@ def test_cutouts_are_not_subject_photos(dreambench_root, root_with_cutout):
 
 def test_dreambench_items_lead_the_precomputed_segmenter_to_the_cutout(root_with_cutout):
     from cgrpo.rewards.base import ScoreRequest
-    from cgrpo.rewards.segment import SegmenterOptions
-    from cgrpo.rewards.subject import SubjectIsolation
+    from cgrpo.rewards.segmentation.segment import SegmenterOptions
+    from cgrpo.rewards.segmentation.subject import SubjectIsolation
 
     bench = load_dreambench(root_with_cutout, f"protocol:{PROTOCOL}")
     items = dreambench_items(bench, {SUBJECT, "teapot"})
@@ -114,7 +114,8 @@ def test_generated_dreambench_images_meet_the_cutout(root_with_cutout, tiny_dino
     import torch
 
     from cgrpo.data.base import load_image
-    from cgrpo.rewards.base import ScoreRequest, build_reward
+    from cgrpo.rewards.base import ScoreRequest
+    from cgrpo.rewards.build import build_reward
 
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({"model": {"backend": "eval-tiny-guided"}}))

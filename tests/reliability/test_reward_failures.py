@@ -18,7 +18,7 @@ from reliability_helpers import fork, one_line
 
 from cgrpo.cli import main
 from cgrpo.rewards import build_reward
-from cgrpo.rewards.server import RewardServer, listen
+from cgrpo.rewards.serving.server import RewardServer, listen
 from cgrpo.training.checkpoint import checkpoint_step, latest_checkpoint
 
 # A monitored column beside the two toy rewards that train; fails fast when it fails.

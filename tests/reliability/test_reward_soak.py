@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cgrpo.rewards import build_reward
-from cgrpo.rewards.server import RewardServer
+from cgrpo.rewards.serving.server import RewardServer
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SLOW_SECONDS = 2.0

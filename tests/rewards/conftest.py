@@ -181,7 +181,7 @@ def tiny_hpsv3(tmp_path_factory) -> tuple[Path, Path]:
     """(base model dir, HPSv3-style checkpoint written with the official key names)."""
     from safetensors.torch import save_file
 
-    from cgrpo.rewards.hpsv3 import HPSv3Model, official_key_names
+    from cgrpo.rewards.models.hpsv3 import HPSv3Model, official_key_names
 
     d = tmp_path_factory.mktemp("qwen2vl")
     tok = qwen_tokenizer()

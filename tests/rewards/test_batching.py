@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cgrpo.rewards.base import Reward, ScoreRequest
-from cgrpo.rewards.batching import Batcher, Busy, concat_requests, split_scores
+from cgrpo.rewards.serving.batching import Batcher, Busy, concat_requests, split_scores
 
 
 class Probe(Reward):

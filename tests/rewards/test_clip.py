@@ -7,8 +7,8 @@ import torch
 
 from cgrpo.config import ConfigError
 from cgrpo.rewards import ScoreRequest, build_reward
-from cgrpo.rewards.clip import CLIP_TRANSFORM
 from cgrpo.rewards.images import quantize, to_uint8_array, transform_from_dir
+from cgrpo.rewards.models.clip import CLIP_TRANSFORM
 
 PROMPTS = [
     "a dog on the beach",

@@ -17,15 +17,15 @@ from safetensors.torch import load_file, save_file
 
 from cgrpo.config import ConfigError
 from cgrpo.rewards import ScoreRequest, build_reward
-from cgrpo.rewards.hpsv3 import rename_official_keys
-from cgrpo.rewards.hpsv3_inputs import (
+from cgrpo.rewards.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, smart_resize
+from cgrpo.rewards.models.hpsv3 import rename_official_keys
+from cgrpo.rewards.models.hpsv3_inputs import (
     INSTRUCTION,
     REWARD_TOKEN,
     chat_text,
     qwen2vl_patches,
     resize_for_qwen,
 )
-from cgrpo.rewards.images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, smart_resize
 
 # Tiny images keep the tests fast: 100x150 inputs become 56x84 (2x3 merged visual tokens).
 PIX_MIN, PIX_MAX = 56 * 56, 5204
@@ -130,7 +130,7 @@ def test_reward_read_at_the_reward_token_of_the_last_hidden_state(hps, make_imag
 
 
 def test_tokens_after_the_reward_token_do_not_matter(hps, make_images, monkeypatch):
-    import cgrpo.rewards.hpsv3_inputs as mod
+    import cgrpo.rewards.models.hpsv3_inputs as mod
 
     imgs = make_images(2, 64, 64, seed=4)
     base = hps.score(req(imgs, PROMPTS[:2]))["hpsv3"]
@@ -267,8 +267,8 @@ def _processor(monkeypatch, base):
 
 
 def test_processor_built_inputs_equal_hand_built(tiny_hpsv3, hps, monkeypatch, make_images):
-    import cgrpo.rewards.hpsv3 as mod
-    from cgrpo.rewards.hpsv3_inputs import HandBuiltInputs, ProcessorInputs
+    import cgrpo.rewards.models.hpsv3 as mod
+    from cgrpo.rewards.models.hpsv3_inputs import HandBuiltInputs, ProcessorInputs
 
     base, ckpt = tiny_hpsv3
     processor = _processor(monkeypatch, base)
@@ -299,7 +299,7 @@ def test_processor_built_inputs_equal_hand_built(tiny_hpsv3, hps, monkeypatch, m
 def test_processor_files_are_detected_and_unbuildable_ones_fall_back(tiny_hpsv3, tmp_path, caplog):
     import json
 
-    from cgrpo.rewards.hpsv3_inputs import has_processor, load_processor
+    from cgrpo.rewards.models.hpsv3_inputs import has_processor, load_processor
 
     base, _ = tiny_hpsv3
     assert not has_processor(base) and load_processor(base, "p") is None

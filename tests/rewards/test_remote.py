@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from cgrpo.rewards import RewardFailure, ScoreRequest, build_reward
-from cgrpo.rewards import remote as remote_module
 from cgrpo.rewards.custom import resolve_custom
 from cgrpo.rewards.images import decode_png, encode_png, quantize
-from cgrpo.rewards.remote import retry_after_seconds
-from cgrpo.rewards.server import RewardServer, load_options
-from cgrpo.rewards.wire import decode_request, encode_request
+from cgrpo.rewards.serving import remote as remote_module
+from cgrpo.rewards.serving.remote import retry_after_seconds
+from cgrpo.rewards.serving.server import RewardServer, load_options
+from cgrpo.rewards.serving.wire import decode_request, encode_request
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "custom_reward.py"
@@ -60,11 +60,11 @@ def _first_line(proc: subprocess.Popen, timeout: float) -> str:
 
 @pytest.fixture(scope="module")
 def server():
-    """A real `python -m cgrpo.rewards.server` process serving the example reward."""
+    """A real `python -m cgrpo.rewards.serving.server` process serving the example reward."""
     cmd = [
         sys.executable,
         "-m",
-        "cgrpo.rewards.server",
+        "cgrpo.rewards.serving.server",
         "custom",
         "--port",
         "0",

@@ -12,14 +12,14 @@ from PIL import Image
 
 from cgrpo.config import ConfigError, parse
 from cgrpo.rewards import RewardFailure, ScoreRequest, build_reward
-from cgrpo.rewards.segment import (
+from cgrpo.rewards.segmentation.segment import (
     BackgroundDifference,
     SegmenterOptions,
-    build_segmenter,
     cutout_path,
     subject_noun,
 )
-from cgrpo.rewards.subject import SubjectIsolation
+from cgrpo.rewards.segmentation.segment_models import build_segmenter
+from cgrpo.rewards.segmentation.subject import SubjectIsolation
 
 
 def seg_options(**values) -> SegmenterOptions:
@@ -171,7 +171,7 @@ def test_foreground_refuses_remote_code_unless_trusted_and_bad_output_paths(
 
 
 def test_select_output_shapes():
-    from cgrpo.rewards.segment_models import select_output
+    from cgrpo.rewards.segmentation.segment_models import select_output
 
     maps = torch.zeros(2, 1, 4, 4)
     assert select_output(([maps * 2], [maps]), [0, 0], "w") is not None
@@ -387,7 +387,7 @@ def test_dino_seg_model_segmenters_fill_both_sides(
 def test_paper_presets_use_the_official_precomputed_dino_seg(preset):
     import yaml
 
-    from cgrpo.rewards.dino import DinoSegOptions
+    from cgrpo.rewards.models.dino import DinoSegOptions
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     rewards = yaml.safe_load((configs / preset).read_text())["rewards"]

@@ -19,11 +19,11 @@ import torch
 
 from cgrpo import cli
 from cgrpo.rewards import ScoreRequest, build_reward
-from cgrpo.rewards import remote as remote_module
 from cgrpo.rewards.base import Reward
 from cgrpo.rewards.images import b64encode_image, quantize
-from cgrpo.rewards.server import RewardServer
-from cgrpo.rewards.wire import encode_request
+from cgrpo.rewards.serving import remote as remote_module
+from cgrpo.rewards.serving.server import RewardServer
+from cgrpo.rewards.serving.wire import encode_request
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "custom_reward.py"

@@ -10,7 +10,7 @@ import torch
 
 from cgrpo.config import ConfigError
 from cgrpo.rewards import ScoreRequest, build_reward
-from cgrpo.rewards.toy import (
+from cgrpo.rewards.models.toy import (
     TOY_ID_WEIGHTS,
     TOY_PROMPT_WEIGHTS,
     ToyIdentityModel,

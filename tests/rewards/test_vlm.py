@@ -12,8 +12,8 @@ import torch
 
 from cgrpo.config import ConfigError
 from cgrpo.rewards import RewardContext, ScoreRequest, build_reward
-from cgrpo.rewards.remote import RemoteError
-from cgrpo.rewards.vlm import VlmAnswerError, parse_answer
+from cgrpo.rewards.models.vlm import VlmAnswerError, parse_answer
+from cgrpo.rewards.serving.remote import RemoteError
 
 
 class Judge(ThreadingHTTPServer):

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from cgrpo.rewards.toy import load_toy_id, load_toy_prompt
+from cgrpo.rewards.models.toy import load_toy_id, load_toy_prompt
 from cgrpo.world.train_rewards import Recipe, blur, main, train_all
 
 

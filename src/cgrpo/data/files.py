@@ -4,7 +4,7 @@ Both yield :class:`cgrpo.data.base.Example`. Relative paths resolve against ``ro
 (default: the data file's directory). Reference masks are only those an entry names (jsonl
 ``masks``). A ``<reference stem>_seg.png`` beside a reference is, by the paper's convention,
 an RGB cut-out of the subject, not a mask: it is not read here; ``dino-seg`` finds it from
-``metadata["reference_paths"]`` (see :mod:`cgrpo.rewards.segment`).
+``metadata["reference_paths"]`` (see :mod:`cgrpo.rewards.segmentation.segment`).
 
 Bad entries (missing file, empty prompt, malformed record, unreadable image) are reported
 with the entry's position and the offending path (:class:`~cgrpo.data.base.BadItem`).

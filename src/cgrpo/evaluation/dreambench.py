@@ -5,7 +5,8 @@ Layout read here (the dataset's own files, unchanged)::
     <root>/prompts_and_classes.txt    "Classes" CSV (subject_name,class) + two prompt lists
     <root>/<subject>/NN.jpg           4-6 photos per subject
     <root>/<subject>/NN_seg.png       optional: the photo's subject cut-out (dino-seg's
-                                      reference, see cgrpo.rewards.segment); not a photo
+                                      reference, see cgrpo.rewards.segmentation.segment);
+                                      not a photo
 
 ``prompts_and_classes.txt`` holds two Python-style lists of 25 templates each,
 ``'a {0} {1} in the jungle'.format(unique_token, class_token)``: "Object Prompts" for the
@@ -210,7 +211,7 @@ def parse_reference_choice(spec: str) -> tuple[str, int | str | None]:
 
 def _subject_images(root: Path, name: str) -> tuple[Path, ...]:
     """The subject's photos, sorted; a photo's cut-out ``<photo>_seg.png`` is not one."""
-    from cgrpo.rewards.segment import cutout_path
+    from cgrpo.rewards.segmentation.segment import cutout_path
 
     folder = root / name
     if not folder.is_dir():

@@ -247,7 +247,8 @@ def evaluate_benchmark(settings: EvalSettings) -> EvalOutcome:
     from cgrpo.evaluation.report import META_FILE
     from cgrpo.evaluation.resumable import run_evaluation
     from cgrpo.evaluation.toybench import HELDOUT_METRICS, heldout_metric
-    from cgrpo.rewards.base import RewardContext, build_reward
+    from cgrpo.rewards.base import RewardContext
+    from cgrpo.rewards.build import build_reward
 
     settings = with_protocol(settings)
     bench_name = settings.bench or "dreambench"

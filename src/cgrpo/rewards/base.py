@@ -158,20 +158,6 @@ class RewardContext:
     cache_dir: str | None = None
 
 
-def build_reward(
-    name: str, options: dict[str, Any] | None = None, context: RewardContext | None = None
-) -> Reward:
-    """Construct the reward registered as ``name`` (imports the built-in rewards first)."""
-    import cgrpo.rewards  # noqa: F401  (registers the built-in rewards)
-
-    if name.startswith("python:"):
-        from cgrpo.rewards.custom import resolve_custom
-
-        return resolve_custom(name, dict(options or {}), context or RewardContext())
-    factory = REWARDS.get(name)
-    return factory(dict(options or {}), context or RewardContext())
-
-
 @dataclass
 class RewardBatch:
     """Scores of a batch, one named float32 column ``[B]`` per reward column, in order."""
@@ -198,5 +184,4 @@ __all__ = [
     "RewardFailure",
     "ScoreRequest",
     "RewardBatch",
-    "build_reward",
 ]

@@ -8,7 +8,8 @@ import torch
 
 from cgrpo.config.schema import ConfigError
 from cgrpo.config.train import RewardSpec
-from cgrpo.rewards.base import Reward, RewardBatch, RewardContext, ScoreRequest, build_reward
+from cgrpo.rewards.base import Reward, RewardBatch, RewardContext, ScoreRequest
+from cgrpo.rewards.build import build_reward
 
 
 @dataclass

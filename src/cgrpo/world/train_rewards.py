@@ -5,7 +5,7 @@
 writes ``toy_id.safetensors`` (segmenter + identity embedder), ``toy_prompt.safetensors``
 (attribute classifier) and a JSON sidecar for each with the recipe and the metrics measured
 on held-out identities (never seen in training). Everything is seeded; it takes a few
-minutes on one or two CPU threads. See :mod:`cgrpo.rewards.toy` for how the networks score.
+minutes on one or two CPU threads. See :mod:`cgrpo.rewards.models.toy` for how the networks score.
 
 Training data: renders of *train* identities only, in fully random scenes (any background,
 position and size), degraded the way a small generator's samples are (random Gaussian blur,
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cgrpo.rewards.toy import (
+from cgrpo.rewards.models.toy import (
     TOY_ID_FORMAT,
     TOY_PROMPT_FORMAT,
     ToyAttributeNet,

@@ -18,9 +18,9 @@ network exactly (:mod:`cgrpo.rewards.loading`). Preprocessing follows the direct
 mean/std) with torch ops.
 
 ``dino-seg`` (the paper's identity reward) compares subjects only, as
-:mod:`cgrpo.rewards.segment` prepares them. By default (``segmenter: precomputed``) that is
-the official behaviour: the generated image whole against the reference's cut-out
-``<ref>_seg.png`` (the raw reference where there is none).
+:mod:`cgrpo.rewards.segmentation.segment` prepares them. By default
+(``segmenter: precomputed``) that is the official behaviour: the generated image whole
+against the reference's cut-out ``<ref>_seg.png`` (the raw reference where there is none).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from cgrpo.config import option, parse
 from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
 from cgrpo.rewards.images import ImageTransform, torch_dtype, transform_from_dir
 from cgrpo.rewards.loading import load_pretrained
-from cgrpo.rewards.segment import SegmenterOptions
-from cgrpo.rewards.subject import SubjectIsolation
+from cgrpo.rewards.segmentation.segment import SegmenterOptions
+from cgrpo.rewards.segmentation.subject import SubjectIsolation
 
 DINO_TRANSFORM = ImageTransform(shortest_edge=256, crop=(224, 224))
 DINO_MODEL_TYPES = ("vit", "dinov2")
@@ -53,7 +53,8 @@ class DinoOptions:
 
 @dataclass
 class DinoSegOptions(SegmenterOptions, DinoOptions):
-    """``dino`` options plus the segmentation options of :mod:`cgrpo.rewards.segment`."""
+    """``dino`` options plus the segmentation options of
+    :mod:`cgrpo.rewards.segmentation.segment`."""
 
 
 def load_dino(path: str, what: str) -> torch.nn.Module:
@@ -147,7 +148,7 @@ class DinoReward(Reward):
 
 
 class DinoSegReward(DinoReward):
-    """``dino`` on subjects only (see :mod:`cgrpo.rewards.segment`)."""
+    """``dino`` on subjects only (see :mod:`cgrpo.rewards.segmentation.segment`)."""
 
     def __init__(
         self, options: DinoSegOptions, context: RewardContext, name: str = "dino-seg"

@@ -22,7 +22,6 @@ import torch
 
 from cgrpo.config import option, parse
 from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
-from cgrpo.rewards.dino import cosine_to_references
 from cgrpo.rewards.images import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -32,6 +31,7 @@ from cgrpo.rewards.images import (
     transform_from_dir,
 )
 from cgrpo.rewards.loading import first_line, load_pretrained
+from cgrpo.rewards.models.dino import cosine_to_references
 
 CLIP_TRANSFORM = ImageTransform(
     shortest_edge=224, crop=(224, 224), mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD

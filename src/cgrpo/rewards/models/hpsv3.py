@@ -9,7 +9,7 @@ whose two outputs are (mu, log-sigma) of the Bradley-Terry-with-uncertainty trai
 The score is mu (column ``hpsv3``; higher is better; typical values roughly 0-15).
 
 What this module reproduces from the official package (inputs in
-:mod:`cgrpo.rewards.hpsv3_inputs`, built with the model directory's ``Qwen2VLProcessor``
+:mod:`cgrpo.rewards.models.hpsv3_inputs`, built with the model directory's ``Qwen2VLProcessor``
 and chat template where transformers can build it, else written out identically by hand):
 
 * Prompt: the Qwen2-VL-Instruct chat template with its default system message, one user turn
@@ -71,14 +71,6 @@ from torch import nn
 
 from cgrpo.config import option, parse
 from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
-from cgrpo.rewards.hpsv3_inputs import (
-    HPSV3_PIXELS,
-    IMAGE_PAD,
-    REWARD_TOKEN,
-    HandBuiltInputs,
-    ProcessorInputs,
-    load_processor,
-)
 from cgrpo.rewards.images import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -89,6 +81,14 @@ from cgrpo.rewards.images import (
     transform_from_dir,
 )
 from cgrpo.rewards.loading import check_fit, first_line, require_transformers
+from cgrpo.rewards.models.hpsv3_inputs import (
+    HPSV3_PIXELS,
+    IMAGE_PAD,
+    REWARD_TOKEN,
+    HandBuiltInputs,
+    ProcessorInputs,
+    load_processor,
+)
 
 # ---------------------------------------------------------------- model
 
@@ -438,7 +438,7 @@ class OfficialHPSv3Reward(Reward):
         except ImportError as e:
             raise ImportError(
                 "hpsv3-official needs the official 'hpsv3' package in this "
-                "environment (pip install hpsv3); see cgrpo.rewards.hpsv3"
+                "environment (pip install hpsv3); see cgrpo.rewards.models.hpsv3"
             ) from e
         if not Path(options.checkpoint).expanduser().is_file():
             raise FileNotFoundError(

@@ -3,8 +3,8 @@
 Use it to run a reward in another process, environment or machine: a reward whose
 dependencies clash with training (the official HPSv3 package pins an older transformers), or
 a large model kept off the training GPU and shared by every training process. The wire
-format (JSON + PNG, no pickle) is in :mod:`cgrpo.rewards.wire`, the server in
-:mod:`cgrpo.rewards.server`. A bearer token is sent when ``token`` or ``token_env`` is set.
+format (JSON + PNG, no pickle) is in :mod:`cgrpo.rewards.serving.wire`, the server in
+:mod:`cgrpo.rewards.serving.server`. A bearer token is sent when ``token`` or ``token_env`` is set.
 
 Defaults are sized for a training step: one answer may take up to ``timeout`` = 120 s (a
 shared server scores other processes' requests first); connection errors, timeouts and busy
@@ -32,7 +32,7 @@ import torch
 
 from cgrpo.config import option, parse
 from cgrpo.rewards.base import REWARDS, Reward, RewardContext, RewardFailure, ScoreRequest
-from cgrpo.rewards.wire import encode_request
+from cgrpo.rewards.serving.wire import encode_request
 
 # Statuses worth another try: the server is busy or a proxy in front of it failed.
 RETRY_STATUS = (429, 502, 503, 504)

@@ -8,9 +8,10 @@
 NAME is a registered reward or ``python:module:function``. One server is meant to be shared
 by many training processes (the ``remote`` reward is the client):
 
-* ``POST /score`` takes the JSON + PNG body of :mod:`cgrpo.rewards.wire` and answers
+* ``POST /score`` takes the JSON + PNG body of :mod:`cgrpo.rewards.serving.wire` and answers
   ``{"columns": {NAME: [float, ...]}}``. Requests that arrive within the batch window, up to
-  ``--max-batch`` images, are scored in one call of the reward (:mod:`cgrpo.rewards.batching`).
+  ``--max-batch`` images, are scored in one call of the reward
+  (:mod:`cgrpo.rewards.serving.batching`).
 * ``GET /health`` answers the reward, its columns, the queue depth and counters (requests
   served, mean batch size, errors).
 * Errors are ``{"error": message}``: 400 a malformed request, 401 a missing or wrong token
@@ -25,7 +26,7 @@ by many training processes (the ``remote`` reward is the client):
 
 The server binds 127.0.0.1 unless told otherwise; ``--port 0`` picks a free port. The first
 line of stdout is ``serving NAME (columns: ...; batching ...) on http://HOST:PORT``. Run it as
-``python -m cgrpo.rewards.server NAME ...`` as well.
+``python -m cgrpo.rewards.serving.server NAME ...`` as well.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ from typing import Any
 
 import torch
 
-from cgrpo.rewards.base import Reward, RewardContext, build_reward
-from cgrpo.rewards.batching import Batcher, Busy
-from cgrpo.rewards.wire import drain_body, parse_body, read_body
+from cgrpo.rewards.base import Reward, RewardContext
+from cgrpo.rewards.build import build_reward
+from cgrpo.rewards.serving.batching import Batcher, Busy
+from cgrpo.rewards.serving.wire import drain_body, parse_body, read_body
 
 log = logging.getLogger(__name__)
 

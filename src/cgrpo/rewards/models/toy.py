@@ -45,7 +45,7 @@ from cgrpo.world.vocab import ATTRIBUTE_VALUES, NOUN_SHAPES
 
 IMAGE_SIZE = 32
 CROP_SIZE = 24  # subject cut-outs: a medium subject keeps about its native resolution
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 TOY_ID_WEIGHTS = ASSETS / "toy_id.safetensors"
 TOY_PROMPT_WEIGHTS = ASSETS / "toy_prompt.safetensors"
 TOY_ID_FORMAT = "cgrpo-toy-id-v1"

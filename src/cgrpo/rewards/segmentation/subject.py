@@ -1,4 +1,5 @@
-"""What ``dino-seg`` compares: subjects isolated as :mod:`cgrpo.rewards.segment` describes.
+"""What ``dino-seg`` compares: subjects isolated as
+:mod:`cgrpo.rewards.segmentation.segment` describes.
 
 :class:`SubjectIsolation` turns a :class:`~cgrpo.rewards.base.ScoreRequest` into one
 :class:`SubjectView` per sample (the generated image and the references as compared, their
@@ -17,13 +18,13 @@ import torch
 
 from cgrpo.rewards.base import RewardFailure, ScoreRequest
 from cgrpo.rewards.images import fill_background
-from cgrpo.rewards.segment import (
+from cgrpo.rewards.segmentation.segment import (
     NOUN_KEYS,
     SegmenterOptions,
-    build_segmenter,
     cutout_path,
     subject_noun,
 )
+from cgrpo.rewards.segmentation.segment_models import build_segmenter
 
 log = logging.getLogger(__name__)
 

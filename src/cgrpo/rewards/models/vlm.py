@@ -38,7 +38,7 @@ import torch
 from cgrpo.config import option, parse
 from cgrpo.rewards.base import REWARDS, Reward, RewardContext, ScoreRequest
 from cgrpo.rewards.images import encode_png, image_digest
-from cgrpo.rewards.remote import RETRY_STATUS, RemoteError, request_json
+from cgrpo.rewards.serving.remote import RETRY_STATUS, RemoteError, request_json
 
 SCORES = ("identity", "prompt")
 

@@ -3,8 +3,8 @@
 Items come from an evaluation folder (``cgrpo eval`` output, or a run's
 ``heldout/<phase>``: generated image, prompt, reference files, class noun from
 ``pairs.jsonl``) or from a config's dataset (references only). Each goes through
-:class:`~cgrpo.rewards.subject.SubjectIsolation` with the reward's options, exactly as the
-reward sees it. Written under ``--out``::
+:class:`~cgrpo.rewards.segmentation.subject.SubjectIsolation` with the reward's options,
+exactly as the reward sees it. Written under ``--out``::
 
     segments.jsonl                  one line per item: key, prompt, noun, per image its
                                     source (cut-out <path>, mask from data, segmenter <name>,
@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from cgrpo.config import ConfigError, parse
 from cgrpo.rewards.base import RewardFailure
 from cgrpo.rewards.images import encode_png, to_uint8_array
-from cgrpo.rewards.segment import SegmenterOptions
-from cgrpo.rewards.subject import SubjectIsolation
+from cgrpo.rewards.segmentation.segment import SegmenterOptions
+from cgrpo.rewards.segmentation.subject import SubjectIsolation
 
 TINT = (1.0, 0.15, 0.15)
 GRID_FILE, RECORDS_FILE, ITEMS_DIR = "overlay.png", "segments.jsonl", "items"

@@ -227,42 +227,6 @@ class BackgroundDifference(Segmenter):
         return F.interpolate(fg, size=(h, w), mode="nearest")[0]
 
 
-def build_segmenter(
-    options: SegmenterOptions, who: str = "dino-seg", prefix: str = "rewards.dino-seg.options"
-) -> Segmenter | None:
-    """The segmenter ``options.segmenter`` names; None for ``precomputed`` (nothing runs)."""
-    from cgrpo.rewards import segment_models as models
-
-    kind = options.segmenter
-    if kind == "precomputed":
-        return None
-    if kind == "grounded-sam":
-        return models.GroundedSam(
-            options.detector_path,
-            options.sam_path,
-            options.box_threshold,
-            options.text_threshold,
-            prefix,
-        )
-    if kind == "foreground":
-        return models.ForegroundSegmenter(
-            options.segmenter_path,
-            list(options.foreground_output),
-            options.foreground_activation,
-            options.trust_remote_code,
-            f"{prefix}.segmenter_path",
-        )
-    if kind == "semantic":
-        return models.SemanticSegmenter(
-            options.segmenter_path, list(options.background_labels), f"{prefix}.segmenter_path"
-        )
-    if kind == "background-difference":
-        return BackgroundDifference()
-    if kind == "none":
-        return NoSegmenter(who)
-    raise ValueError(f"unknown segmenter {kind!r}; choose one of: {', '.join(SEGMENTERS)}")
-
-
 __all__ = [
     "NOUN_KEYS",
     "SEGMENTERS",
@@ -270,7 +234,6 @@ __all__ = [
     "NoSegmenter",
     "Segmenter",
     "SegmenterOptions",
-    "build_segmenter",
     "cutout_path",
     "subject_noun",
 ]

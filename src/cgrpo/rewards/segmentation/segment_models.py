@@ -1,4 +1,6 @@
-"""Model-based segmenters for ``dino-seg`` (contracts in :mod:`cgrpo.rewards.segment`).
+"""Model-based segmenters for ``dino-seg``, and :func:`build_segmenter`, which builds the one
+``segmenter`` names (the contracts and offline segmenters are in
+:mod:`cgrpo.rewards.segmentation.segment`).
 
 All load from local directories with transformers (never a download), through the strict
 loader :func:`cgrpo.rewards.loading.load_pretrained`, so a directory whose weights do not
@@ -22,7 +24,13 @@ from cgrpo.rewards.images import (
     transform_from_dir,
 )
 from cgrpo.rewards.loading import first_line, load_pretrained
-from cgrpo.rewards.segment import Segmenter
+from cgrpo.rewards.segmentation.segment import (
+    SEGMENTERS,
+    BackgroundDifference,
+    NoSegmenter,
+    Segmenter,
+    SegmenterOptions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -273,4 +281,44 @@ def _processor(loader: Any, path: str | None, what: str, needs: list[Any]) -> An
         raise ValueError(f"{what} = {path!r}: processor not loadable: {first_line(e)}") from None
 
 
-__all__ = ["ForegroundSegmenter", "GroundedSam", "SemanticSegmenter", "select_output"]
+def build_segmenter(
+    options: SegmenterOptions, who: str = "dino-seg", prefix: str = "rewards.dino-seg.options"
+) -> Segmenter | None:
+    """The segmenter ``options.segmenter`` names; None for ``precomputed`` (nothing runs)."""
+    kind = options.segmenter
+    if kind == "precomputed":
+        return None
+    if kind == "grounded-sam":
+        return GroundedSam(
+            options.detector_path,
+            options.sam_path,
+            options.box_threshold,
+            options.text_threshold,
+            prefix,
+        )
+    if kind == "foreground":
+        return ForegroundSegmenter(
+            options.segmenter_path,
+            list(options.foreground_output),
+            options.foreground_activation,
+            options.trust_remote_code,
+            f"{prefix}.segmenter_path",
+        )
+    if kind == "semantic":
+        return SemanticSegmenter(
+            options.segmenter_path, list(options.background_labels), f"{prefix}.segmenter_path"
+        )
+    if kind == "background-difference":
+        return BackgroundDifference()
+    if kind == "none":
+        return NoSegmenter(who)
+    raise ValueError(f"unknown segmenter {kind!r}; choose one of: {', '.join(SEGMENTERS)}")
+
+
+__all__ = [
+    "ForegroundSegmenter",
+    "GroundedSam",
+    "SemanticSegmenter",
+    "build_segmenter",
+    "select_output",
+]
