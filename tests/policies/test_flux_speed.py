@@ -191,6 +191,7 @@ def test_trainer_with_every_lever_keeps_the_first_ratio_at_one_and_never_reencod
     """bf16 base, merged sampling, selective checkpointing, micro-batch 3, two steps (the second
     samples with a trained, non-zero LoRA). The update reads text embeddings and reference
     latents from the rollout: the encoders and the VAE encoder are never called in it."""
+    import cgrpo.training.sample_stage as sample_stage
     import cgrpo.training.trainer as trainer_module
     from cgrpo.config.train import config_from_dict
 
@@ -224,7 +225,7 @@ def test_trainer_with_every_lever_keeps_the_first_ratio_at_one_and_never_reencod
 
     trainer.update = guarded_update
     merges = []
-    monkeypatch.setattr(trainer_module, "merged_lora", lambda p: merges.append(p) or merged_lora(p))
+    monkeypatch.setattr(sample_stage, "merged_lora", lambda p: merges.append(p) or merged_lora(p))
     metrics = [trainer.train_step(step) for step in range(2)]
     assert not calls and merges == [policy, policy]
     # bf16 rounding of W + BA at this size gives ~2e-4; sampling without the adapter, 2e-3
