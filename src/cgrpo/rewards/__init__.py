@@ -9,8 +9,7 @@
 * :mod:`cgrpo.rewards.models` - the reward models: toy, DINO, CLIP, HPSv3, VLM judge.
 * :mod:`cgrpo.rewards.serving` - a reward out of process: the HTTP server, its batching and
   wire format, and the ``remote`` reward that calls it.
-* :mod:`cgrpo.rewards.segmentation` - which pixels are the subject (``dino-seg``), and the
-  ``cgrpo segments`` report.
+* :mod:`cgrpo.rewards.segmentation` - which pixels are the subject (``dino-seg``).
 
 Importing this package registers the built-in rewards. Modules that need heavy
 dependencies import them lazily inside the reward that uses them.
