@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from cgrpo.config.schema import ConfigError
-from cgrpo.config.train import RewardSpec
+from cgrpo.config.sections import RewardSpec
 from cgrpo.rewards.base import Reward, RewardBatch, RewardContext, ScoreRequest
 from cgrpo.rewards.build import build_reward
 
