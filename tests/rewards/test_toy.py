@@ -70,7 +70,7 @@ def test_registry_names_and_options():
         assert reward.name == name and reward.columns == (name,)
     with pytest.raises(ConfigError, match="rewards.toy-id.options.nope"):
         build_reward("toy-id", {"nope": 1})
-    with pytest.raises(FileNotFoundError, match="train_rewards"):
+    with pytest.raises(FileNotFoundError, match="toy_train"):
         build_reward("toy-prompt", {"weights": "/nonexistent/toy_prompt.safetensors"})
 
 
@@ -78,7 +78,7 @@ def test_weights_are_small_safetensors_with_a_recipe():
     for path in (TOY_ID_WEIGHTS, TOY_PROMPT_WEIGHTS):
         assert path.stat().st_size < 2_000_000
         card = json.loads(path.with_suffix(".json").read_text())
-        assert card["recipe"]["seed"] == 0 and "train_rewards" in card["command"]
+        assert card["recipe"]["seed"] == 0 and "toy_train" in card["command"]
         assert card["heldout_metrics"]
     # a file of the other reward is refused by its format tag
     with pytest.raises(ValueError, match="expected 'cgrpo-toy-id-v1'"):

@@ -2,7 +2,7 @@
 
 They play the roles of DINO-Seg and HPSv3/CLIP-T in the paper, at toy scale, so the whole
 RL loop (and its reward competition) can be exercised on a CPU. Both are small CNNs trained
-on the procedural world by ``python -m cgrpo.world.train_rewards``; their weights ship as
+on the procedural world by ``python -m cgrpo.rewards.models.toy_train``; their weights ship as
 ``cgrpo/assets/toy_id.safetensors`` and ``toy_prompt.safetensors`` with a JSON sidecar that
 records the recipe and the held-out accuracy.
 
@@ -211,7 +211,7 @@ def load_weights(module: nn.Module, path: str | Path, fmt: str) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(
             f"toy reward weights not found: {path} (rebuild with "
-            f"`python -m cgrpo.world.train_rewards --out {path.parent}`)"
+            f"`python -m cgrpo.rewards.models.toy_train --out {path.parent}`)"
         )
     with safe_open(str(path), framework="pt") as f:
         found = (f.metadata() or {}).get("format")

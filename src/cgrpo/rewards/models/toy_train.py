@@ -1,6 +1,6 @@
 """Train the two learned toy rewards and write them as packaged assets.
 
-    python -m cgrpo.world.train_rewards --out src/cgrpo/assets
+    python -m cgrpo.rewards.models.toy_train --out src/cgrpo/assets
 
 writes ``toy_id.safetensors`` (segmenter + identity embedder), ``toy_prompt.safetensors``
 (attribute classifier) and a JSON sidecar for each with the recipe and the metrics measured
@@ -385,7 +385,7 @@ def train_all(out_dir: Path, r: Recipe, log=print) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     common = {
-        "command": "python -m cgrpo.world.train_rewards --out <dir>"
+        "command": "python -m cgrpo.rewards.models.toy_train --out <dir>"
         + (f" --seed {r.seed}" if r.seed != Recipe.seed else ""),
         "recipe": asdict(r),
         "data": (

@@ -5,7 +5,7 @@ import json
 import torch
 
 from cgrpo.rewards.models.toy import load_toy_id, load_toy_prompt
-from cgrpo.world.train_rewards import Recipe, blur, main, train_all
+from cgrpo.rewards.models.toy_train import Recipe, blur, main, train_all
 
 
 def test_train_all_tiny_recipe_writes_loadable_weights(tmp_path):
