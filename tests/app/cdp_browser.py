@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cgrpo.evaluation.screenshot import HEADLESS_FLAGS, find_chromium
+from cgrpo.evaluation.output.screenshot import HEADLESS_FLAGS, find_chromium
 
 # the pipes arrive as stdin/stdout; chromium wants them on fds 3 (commands) and 4 (replies)
 _ON_FDS_3_4 = 'exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null'

@@ -16,7 +16,7 @@ from PIL import Image
 from cgrpo.app.tryout import Tryout
 from cgrpo.cli import main
 from cgrpo.config import load_config
-from cgrpo.evaluation.screenshot import find_chromium
+from cgrpo.evaluation.output.screenshot import find_chromium
 from cgrpo.extras import MissingExtra
 from cgrpo.training import Trainer
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from cgrpo.evaluation.dreambench import (
+from cgrpo.evaluation.benchmarks.dreambench import (
     ACCESSORIZATION,
     PROPERTY_MODIFICATION,
     RECONTEXTUALIZATION,

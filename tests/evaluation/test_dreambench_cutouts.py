@@ -16,8 +16,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from cgrpo.evaluation.benchmarks.dreambench import dreambench_items, load_dreambench
 from cgrpo.evaluation.cli import add_eval_arguments, run_eval
-from cgrpo.evaluation.dreambench import dreambench_items, load_dreambench
 
 PROTOCOL = "customized_grpo_singleip.json"
 SUBJECT, REFERENCE = "dog", "02.jpg"  # the protocol's reference of every dog pair

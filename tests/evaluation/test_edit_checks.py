@@ -8,19 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cgrpo.evaluation.edit_checks import (
-    DEGRADATIONS,
-    GroundTruthEdit,
-    check_accuracy,
-    degrade,
-    gaussian_blur,
-)
-from cgrpo.evaluation.toybench import (
-    _world_and_scene,
-    ground_truth_image,
-    heldout_metric,
-    toybench_items,
-)
+from cgrpo.evaluation.benchmarks.check_accuracy import DEGRADATIONS, check_accuracy, degrade
+from cgrpo.evaluation.benchmarks.edit_checks import GroundTruthEdit, gaussian_blur
+from cgrpo.evaluation.benchmarks.ground_truth import _world_and_scene
+from cgrpo.evaluation.benchmarks.toybench import ground_truth_image, heldout_metric, toybench_items
 from cgrpo.rewards.base import ScoreRequest
 
 

@@ -16,7 +16,7 @@ from cgrpo.evaluation.heldout import (
     held_out_table,
     load_held_out,
 )
-from cgrpo.evaluation.report import load_run
+from cgrpo.evaluation.output.runs import load_run
 from cgrpo.evaluation.resumable import run_evaluation
 from cgrpo.training.runs import build_policy_from_config
 

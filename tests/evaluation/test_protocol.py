@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from cgrpo.config.schema import ConfigError
+from cgrpo.evaluation.benchmarks.protocol import PAPER
 from cgrpo.evaluation.cli import add_eval_arguments, run_eval
-from cgrpo.evaluation.protocol import PAPER
 from cgrpo.evaluation.run import EvalSettings, load_metric_options, sampler_settings, with_protocol
 
 REPO = Path(__file__).resolve().parents[2]

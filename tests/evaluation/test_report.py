@@ -17,11 +17,12 @@ from cgrpo.evaluation.cli import (
     run_report,
 )
 from cgrpo.evaluation.harness import image_relpath, save_png
-from cgrpo.evaluation.plots import ParetoPoint, image_grid, pareto_figure, pareto_front
-from cgrpo.evaluation.report import build_report, choose_axes, load_run
+from cgrpo.evaluation.output.plots import ParetoPoint, image_grid, pareto_figure, pareto_front
+from cgrpo.evaluation.output.report import build_report, choose_axes
+from cgrpo.evaluation.output.runs import load_run
 from cgrpo.evaluation.results import ResultStore
 from cgrpo.evaluation.resumable import save_references
-from cgrpo.evaluation.stats import Estimate
+from cgrpo.evaluation.stats.bootstrap import Estimate
 
 
 def _make_run(tmp_path, name, items, records_factory, offset):
@@ -160,7 +161,7 @@ def test_compare_command_prints_paired_deltas(two_runs, tmp_path, capsys):
 
 
 def test_report_renders_in_headless_chromium(two_runs, tmp_path, capsys):
-    from cgrpo.evaluation.screenshot import find_chromium
+    from cgrpo.evaluation.output.screenshot import find_chromium
 
     if find_chromium() is None:
         pytest.skip("chromium not installed (scripts/install_chromium.sh installs it)")

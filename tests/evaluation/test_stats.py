@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cgrpo.evaluation.stats import (
+from cgrpo.evaluation.stats.bootstrap import (
     bootstrap_ci,
     cluster_bootstrap_means,
     hierarchical_bootstrap_ci,

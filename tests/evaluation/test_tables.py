@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cgrpo.evaluation.results import ResultStore, read_records
-from cgrpo.evaluation.tables import (
+from cgrpo.evaluation.stats.tables import (
     compare_records,
     deltas_table,
     summarize,

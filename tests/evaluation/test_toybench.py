@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cgrpo.evaluation.toybench import calibrate, ground_truth_image, heldout_metric, toybench_items
+from cgrpo.evaluation.benchmarks.toybench import (
+    calibrate,
+    ground_truth_image,
+    heldout_metric,
+    toybench_items,
+)
 from cgrpo.rewards.base import ScoreRequest
 
 

@@ -1,22 +1,27 @@
 """Evaluation: DreamBench and toybench harnesses, bootstrap tables, plots and HTML reports.
 
-Modules:
+Layout (the harness at the top, three rooms below it):
 
-* :mod:`~cgrpo.evaluation.dreambench` -- the DreamBench parser (original layout, prompt kinds,
-  reference choice ``first`` / ``index:N`` / ``protocol:FILE``).
-* :mod:`~cgrpo.evaluation.toybench` -- toybench items and the held-out ground-truth measures
-  ``gt-colour``, ``gt-pattern``, ``gt-shape`` (:mod:`~cgrpo.evaluation.edit_checks`) and
-  ``gt-scene``.
-* :mod:`~cgrpo.evaluation.harness` -- generate-then-score in memory: :func:`evaluate_policy`;
-  :mod:`~cgrpo.evaluation.resumable` -- the same on disk: :func:`run_evaluation` (resumable,
-  or ``--images``).
-* :mod:`~cgrpo.evaluation.heldout` -- the trainer's before/after check on held-out items
-  (records in ``<run>/heldout/{before,after}/``; :func:`load_held_out` reads them back).
-* :mod:`~cgrpo.evaluation.stats` / :mod:`~cgrpo.evaluation.tables` -- bootstrap CIs over pairs,
-  overall / per-kind / per-subject tables, paired comparisons.
-* :mod:`~cgrpo.evaluation.report` / :mod:`~cgrpo.evaluation.html` /
-  :mod:`~cgrpo.evaluation.plots` -- report files: summaries, Pareto plot, grids, report.html.
-* :mod:`~cgrpo.evaluation.cli` -- ``cgrpo eval`` / ``report`` / ``compare``.
+* the harness -- :mod:`~cgrpo.evaluation.harness` generates and scores in memory
+  (:func:`evaluate_policy`); :mod:`~cgrpo.evaluation.resumable` does the same on disk
+  (:func:`run_evaluation`, resumable, or ``--images``); :mod:`~cgrpo.evaluation.heldout` is
+  the trainer's before/after check on held-out items (records in
+  ``<run>/heldout/{before,after}/``; :func:`load_held_out` reads them back);
+  :mod:`~cgrpo.evaluation.run` is ``cgrpo eval`` as a library call and
+  :mod:`~cgrpo.evaluation.cli` the ``cgrpo eval`` / ``report`` / ``compare`` commands;
+  :mod:`~cgrpo.evaluation.results` holds the per-pair records (``pairs.jsonl``,
+  ``eval.json``) that every room reads.
+* :mod:`~cgrpo.evaluation.benchmarks` -- what is evaluated: ``dreambench`` (the DreamBench
+  parser: original layout, prompt kinds, reference choice ``first`` / ``index:N`` /
+  ``protocol:FILE``), ``protocol`` (``--protocol paper``), ``toybench`` (items and the
+  held-out ground-truth measures ``gt-colour``, ``gt-scene``), ``edit_checks``
+  (``gt-pattern``, ``gt-shape``), ``ground_truth`` (their shared pieces) and
+  ``check_accuracy`` (how often the checks are right).
+* :mod:`~cgrpo.evaluation.stats` -- ``bootstrap`` (CIs over pairs, clustered by subject),
+  ``tables`` (overall / per-kind / per-subject tables, paired comparisons), ``scales``.
+* :mod:`~cgrpo.evaluation.output` -- report files: ``runs`` (an evaluation folder read
+  back), ``report`` (summaries, Pareto plot, grids), ``html`` (report.html), ``plots``,
+  ``screenshot``.
 
 Library use::
 
@@ -27,13 +32,14 @@ Library use::
     summarize(held.after).by_kind["property"]["gt-colour"]
 """
 
-from cgrpo.evaluation.dreambench import DreamBench, DreamBenchPair, load_dreambench
+from cgrpo.evaluation.benchmarks.dreambench import DreamBench, DreamBenchPair, load_dreambench
 from cgrpo.evaluation.harness import EvalItem, PolicyEvaluation, evaluate_policy
 from cgrpo.evaluation.heldout import HeldOutResults, load_held_out
-from cgrpo.evaluation.report import RunResults, build_report, load_run
+from cgrpo.evaluation.output.report import build_report
+from cgrpo.evaluation.output.runs import RunResults, load_run
 from cgrpo.evaluation.resumable import run_evaluation
-from cgrpo.evaluation.stats import Estimate, bootstrap_ci, paired_bootstrap_ci
-from cgrpo.evaluation.tables import Summary, compare_records, summarize
+from cgrpo.evaluation.stats.bootstrap import Estimate, bootstrap_ci, paired_bootstrap_ci
+from cgrpo.evaluation.stats.tables import Summary, compare_records, summarize
 
 __all__ = [
     "DreamBench",

@@ -2,8 +2,8 @@
 
 The top-level CLI (:mod:`cgrpo.cli`) adds a sub-parser per command and calls
 ``add_*_arguments(parser)``; the runners turn the parsed namespace into library calls
-(:mod:`cgrpo.evaluation.run`, :mod:`~cgrpo.evaluation.report`,
-:mod:`~cgrpo.evaluation.tables`), print the result and return an exit status. User errors
+(:mod:`cgrpo.evaluation.run`, :mod:`~cgrpo.evaluation.output.report`,
+:mod:`~cgrpo.evaluation.stats.tables`), print the result and return an exit status. User errors
 raise :class:`cgrpo.config.ConfigError` (one line naming the flag).
 """
 
@@ -15,9 +15,9 @@ import textwrap
 from pathlib import Path
 
 from cgrpo.config.schema import ConfigError
-from cgrpo.evaluation.protocol import PROTOCOLS
+from cgrpo.evaluation.benchmarks.protocol import PROTOCOLS
 from cgrpo.evaluation.run import BENCHES
-from cgrpo.evaluation.stats import DEFAULT_RESAMPLES
+from cgrpo.evaluation.stats.bootstrap import DEFAULT_RESAMPLES
 
 EVAL_DESCRIPTION = """\
 Generate images for a benchmark with a model (base or trained adapter) and score them, or
@@ -43,7 +43,7 @@ protocols (explicit flags override their values):
 --images layout: <subject>/<prompt_index>_<seed>.png (e.g. backpack/03_0.png).
 --metric-options: YAML mapping metric -> options, e.g. {dino: {path: /models/dino-vits16}}.
 toybench adds held-out measures gt-colour, gt-pattern, gt-shape (ground-truth checks of
-the three property edits) and gt-scene (coarse scene match); see cgrpo.evaluation.toybench."""
+the three property edits) and gt-scene (coarse scene match); see cgrpo.evaluation.benchmarks.toybench."""
 )
 
 
@@ -281,8 +281,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def _report(
     paths: list[Path], out: Path, args: argparse.Namespace, labels: list[str] | None
 ) -> int:
-    from cgrpo.evaluation.report import comparison_markdown, report_runs
-    from cgrpo.evaluation.tables import summary_markdown
+    from cgrpo.evaluation.output.report import comparison_markdown, report_runs
+    from cgrpo.evaluation.stats.tables import summary_markdown
 
     _positive(args.resamples, "--resamples")
     # a ValueError names its cause itself: an --x-metric/--y-metric that is not scored,
@@ -309,7 +309,7 @@ def _report(
     print(f"\nreport: {files['html']}")
     shot = getattr(args, "screenshot", None)
     if shot is not None:
-        from cgrpo.evaluation.screenshot import screenshot
+        from cgrpo.evaluation.output.screenshot import screenshot
 
         print(f"screenshot: {screenshot(files['html'], shot)}")
     return 0
@@ -348,7 +348,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``cgrpo compare``; returns the exit status."""
     from cgrpo.evaluation.results import find_results, read_records
-    from cgrpo.evaluation.tables import compare_records, deltas_json, deltas_table
+    from cgrpo.evaluation.stats.tables import compare_records, deltas_json, deltas_table
 
     _positive(args.resamples, "--resamples")
     dirs = [find_results(args.run_a), find_results(args.run_b)]

@@ -238,7 +238,7 @@ def evaluate_policy(
 
     Returns:
         A :class:`PolicyEvaluation`; summarise its records with
-        :func:`cgrpo.evaluation.tables.summarize`.
+        :func:`cgrpo.evaluation.stats.tables.summarize`.
     """
     items = [
         it if isinstance(it, EvalItem) else EvalItem.from_example(it, i)

@@ -5,7 +5,7 @@
 and scores it with :func:`cgrpo.evaluation.harness.evaluate_policy`, the generation and
 scoring path of ``cgrpo eval``. Every column of the config's rewards is scored and, when the
 held-out data is the toy world, the ground-truth measures ``gt-colour``, ``gt-pattern``, ``gt-shape`` and ``gt-scene``
-(:mod:`cgrpo.evaluation.toybench`), which no reward optimises.
+(:mod:`cgrpo.evaluation.benchmarks.toybench`), which no reward optimises.
 
 Run-directory layout (read back with :func:`load_held_out`)::
 
@@ -19,7 +19,7 @@ both phases), ``subject`` (the cluster: the toy identity, or the DreamBench subj
 ``kind`` (prompt kind: toy ``recontext`` / ``property``), ``prompt``, ``image`` and
 ``scores`` ``{column: value}``. Each phase folder is an evaluation folder, so
 ``cgrpo report <run>/heldout/before <run>/heldout/after`` and ``cgrpo compare`` read it, and
-:func:`cgrpo.evaluation.tables.summarize` gives per-kind means with cluster-bootstrap CIs.
+:func:`cgrpo.evaluation.stats.tables.summarize` gives per-kind means with cluster-bootstrap CIs.
 """
 
 from __future__ import annotations
@@ -39,8 +39,14 @@ from cgrpo.evaluation.harness import (
     image_relpath,
     save_png,
 )
-from cgrpo.evaluation.results import RECORDS_FILE, metric_names, read_records, write_records
-from cgrpo.evaluation.scales import metric_label
+from cgrpo.evaluation.results import (
+    META_FILE,
+    RECORDS_FILE,
+    metric_names,
+    read_records,
+    write_records,
+)
+from cgrpo.evaluation.stats.scales import metric_label
 from cgrpo.rewards.base import Reward
 
 HELD_OUT_DIR = "heldout"
@@ -69,7 +75,7 @@ def held_out_items(dataset: Any, num_items: int, generator: torch.Generator) -> 
 def ground_truth_metrics(dataset: Any) -> list[Reward]:
     """The toybench ground-truth measures (``HELDOUT_METRICS``) when ``dataset`` is the toy
     world; else none."""
-    from cgrpo.evaluation.toybench import HELDOUT_METRICS, heldout_metric
+    from cgrpo.evaluation.benchmarks.toybench import HELDOUT_METRICS, heldout_metric
     from cgrpo.world.dataset import ToyWorldDataset
 
     if not isinstance(dataset, ToyWorldDataset):
@@ -152,7 +158,6 @@ class HeldOutCheck:
 
     def save(self, run_dir: str | Path, phase: str, evaluation: PolicyEvaluation) -> Path:
         """Write ``<run_dir>/heldout/<phase>/`` (records, images, settings); returns the folder."""
-        from cgrpo.evaluation.report import META_FILE
         from cgrpo.evaluation.resumable import save_references
 
         if phase not in PHASES:
@@ -227,10 +232,10 @@ def held_out_table(run_dir: str | Path, *, resamples: int = 1000, seed: int = 0)
     """Markdown: each column's held-out mean before/after training and the paired change.
 
     One row per column for all items, then per prompt kind; the interval is the paired
-    cluster bootstrap of :func:`cgrpo.evaluation.tables.compare_records` (identities, then
+    cluster bootstrap of :func:`cgrpo.evaluation.stats.tables.compare_records` (identities, then
     items within them). Empty when the run has no before/after records.
     """
-    from cgrpo.evaluation.tables import compare_records
+    from cgrpo.evaluation.stats.tables import compare_records
 
     try:
         held = load_held_out(run_dir)

@@ -26,6 +26,9 @@ from typing import Any
 
 RECORDS_FILE = "pairs.jsonl"
 CSV_FILE = "pairs.csv"
+META_FILE = "eval.json"
+"""The evaluation's settings, beside the records (written by ``cgrpo eval`` and the trainer's
+held-out check; a folder holding a different evaluation is refused)."""
 BASE_FIELDS = ("key", "seed", "subject", "prompt_index", "prompt", "kind", "image", "reference")
 
 
@@ -193,6 +196,7 @@ def resolve_image(results_dir: Path, image: str) -> Path:
 __all__ = [
     "BASE_FIELDS",
     "CSV_FILE",
+    "META_FILE",
     "RECORDS_FILE",
     "ResultStore",
     "find_results",

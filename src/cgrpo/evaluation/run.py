@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cgrpo.config.schema import ConfigError
-from cgrpo.evaluation.protocol import DREAMBENCH_METRICS, get_protocol
+from cgrpo.evaluation.benchmarks.protocol import DREAMBENCH_METRICS, get_protocol
 
 BENCHES = ("dreambench", "toybench")
 META_KEYS = (
@@ -164,7 +164,7 @@ def select_subjects(available: list[str], settings: EvalSettings) -> set[str]:
 def check_metric_names(metrics: list[str], toybench: bool) -> None:
     """Fail before hours of generation, not after: every metric must be a known name."""
     import cgrpo.rewards  # noqa: F401  (registers the built-in rewards)
-    from cgrpo.evaluation.toybench import HELDOUT_METRICS
+    from cgrpo.evaluation.benchmarks.toybench import HELDOUT_METRICS
     from cgrpo.rewards.base import REWARDS
 
     for name in metrics:
@@ -188,8 +188,7 @@ def check_meta(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
     while loading the model), so its old settings are ignored.
     """
     from cgrpo.evaluation.harness import IMAGES_DIR
-    from cgrpo.evaluation.report import META_FILE
-    from cgrpo.evaluation.results import RECORDS_FILE
+    from cgrpo.evaluation.results import META_FILE, RECORDS_FILE
 
     path = out / META_FILE
     images = out / IMAGES_DIR
@@ -244,9 +243,9 @@ def evaluate_benchmark(settings: EvalSettings) -> EvalOutcome:
     import torch
 
     from cgrpo.config.schema import to_dict
-    from cgrpo.evaluation.report import META_FILE
+    from cgrpo.evaluation.benchmarks.toybench import HELDOUT_METRICS, heldout_metric
+    from cgrpo.evaluation.results import META_FILE
     from cgrpo.evaluation.resumable import run_evaluation
-    from cgrpo.evaluation.toybench import HELDOUT_METRICS, heldout_metric
     from cgrpo.rewards.base import RewardContext
     from cgrpo.rewards.build import build_reward
 
@@ -279,7 +278,7 @@ def evaluate_benchmark(settings: EvalSettings) -> EvalOutcome:
     }
     world = None
     if bench_name == "dreambench":
-        from cgrpo.evaluation.dreambench import dreambench_items, load_dreambench
+        from cgrpo.evaluation.benchmarks.dreambench import dreambench_items, load_dreambench
 
         if settings.data is None:
             raise ConfigError(
@@ -298,7 +297,7 @@ def evaluate_benchmark(settings: EvalSettings) -> EvalOutcome:
         meta.update(data=str(bench.root), reference=reference, unique_token=settings.unique_token)
         default_metrics = list(DREAMBENCH_METRICS)
     else:
-        from cgrpo.evaluation.toybench import toybench_items
+        from cgrpo.evaluation.benchmarks.toybench import toybench_items
 
         data_options = {}
         if config is not None and config.data.name == "toyworld":

@@ -125,7 +125,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def render_html(result: dict[str, Any], grids: dict[str, str]) -> str:
     """``preflight.html``: verdicts, the table, reward pairs, one example grid per reward
     (``grids``: column -> PNG path relative to the page)."""
-    from cgrpo.evaluation.html import CSS
+    from cgrpo.evaluation.output.html import CSS
 
     header, rows = table_rows(result)
     shown = [*result["rewards"], *result["monitors"]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cgrpo.evaluation.plots import PALETTE, save_figure
+from cgrpo.evaluation.output.plots import PALETTE, save_figure
 from cgrpo.study.analysis import ALL_KINDS, Row, StudyResults
 
 __all__ = ["arm_colours", "comparison_grid", "curves_figure", "pareto_study_figure"]

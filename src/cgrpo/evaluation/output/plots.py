@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cgrpo.evaluation.stats import Estimate
+from cgrpo.evaluation.stats.bootstrap import Estimate
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

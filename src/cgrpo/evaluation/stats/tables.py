@@ -2,7 +2,7 @@
 
 The statistical unit is the evaluation pair (``record["key"]``): a pair's score is the mean
 over its seeds, and every mean below is a mean over pairs. Its bootstrap interval
-(:mod:`cgrpo.evaluation.stats`) resamples the pairs' clusters, ``record["subject"]``
+(:mod:`cgrpo.evaluation.stats.bootstrap`) resamples the pairs' clusters, ``record["subject"]``
 (DreamBench subjects, toybench identities), then pairs within them: the prompts of one
 subject are not independent, nor are the seeds of one pair.
 """
@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 
 from cgrpo.evaluation.results import metric_names
-from cgrpo.evaluation.scales import metric_label
-from cgrpo.evaluation.stats import (
+from cgrpo.evaluation.stats.bootstrap import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
     Estimate,
     bootstrap_ci,
     paired_bootstrap_ci,
 )
+from cgrpo.evaluation.stats.scales import metric_label
 
 NAN_ESTIMATE = Estimate(math.nan, math.nan, math.nan, 0)
 

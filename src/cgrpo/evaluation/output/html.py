@@ -15,12 +15,12 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cgrpo.evaluation.plots import PALETTE
-from cgrpo.evaluation.scales import metric_label
-from cgrpo.evaluation.stats import Estimate, auto_digits
+from cgrpo.evaluation.output.plots import PALETTE
+from cgrpo.evaluation.stats.bootstrap import Estimate, auto_digits
+from cgrpo.evaluation.stats.scales import metric_label
 
 if TYPE_CHECKING:
-    from cgrpo.evaluation.report import RunResults
+    from cgrpo.evaluation.output.runs import RunResults
 
 CSS = """
 :root { --ink: #1f2933; --muted: #616e7c; --line: #e4e7eb; --bg: #f5f7fa; --card: #ffffff;

@@ -19,69 +19,21 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cgrpo.evaluation.plots import ParetoPoint, image_grid, pareto_figure, save_figure
-from cgrpo.evaluation.results import find_results, read_records, resolve_image
-from cgrpo.evaluation.scales import metric_label
-from cgrpo.evaluation.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, Estimate
-from cgrpo.evaluation.tables import (
-    Summary,
-    summarize,
-    summary_markdown,
-    write_summary_files,
-)
+from cgrpo.evaluation.output.html import render_report
+from cgrpo.evaluation.output.plots import ParetoPoint, image_grid, pareto_figure, save_figure
+from cgrpo.evaluation.output.runs import RunResults, load_run
+from cgrpo.evaluation.results import resolve_image
+from cgrpo.evaluation.stats.bootstrap import DEFAULT_RESAMPLES, Estimate
+from cgrpo.evaluation.stats.scales import metric_label
+from cgrpo.evaluation.stats.tables import summary_markdown, write_summary_files
 
-META_FILE = "eval.json"
 IDENTITY_PREFERENCE = ("dino-seg", "dino", "clip-i", "toy-id", "gt-colour")
 """Default x axis of the Pareto plot: the first of these a run has."""
 PROMPT_PREFERENCE = ("hpsv3", "clip-t", "toy-prompt", "gt-scene")
 """Default y axis of the Pareto plot: the first of these a run has."""
-
-
-@dataclass
-class RunResults:
-    """One evaluation folder: its records, settings (``eval.json``) and summary."""
-
-    label: str
-    directory: Path
-    records: list[dict[str, Any]]
-    meta: dict[str, Any]
-    summary: Summary
-
-    @property
-    def metrics(self) -> list[str]:
-        return self.summary.metrics
-
-
-def load_run(
-    path: str | Path,
-    label: str | None = None,
-    *,
-    resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = 0,
-) -> RunResults:
-    """Read a results folder (or a run folder with one ``eval*`` folder below it)."""
-    directory = find_results(path)
-    records = read_records(directory)
-    if not records:
-        raise ValueError(f"{directory} has no scored pairs yet")
-    meta_path = directory / META_FILE
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    if label is None:
-        label = _default_label(Path(path), directory)
-    summary = summarize(records, resamples=resamples, confidence=confidence, seed=seed)
-    return RunResults(label, directory, records, meta, summary)
-
-
-def _default_label(given: Path, directory: Path) -> str:
-    name = given.resolve().name
-    if name.startswith("eval") and given.resolve() == directory.resolve():
-        return f"{directory.resolve().parent.name}/{name}"
-    return name
 
 
 def choose_axes(
@@ -209,8 +161,6 @@ def build_report(
 
     Returns the paths written, by name (``summary_json``, ``pareto``, ``html``, ...).
     """
-    from cgrpo.evaluation.html import render_report
-
     if not runs:
         raise ValueError("build_report needs at least one run")
     labels = [r.label for r in runs]
@@ -330,13 +280,10 @@ def report_runs(
 
 __all__ = [
     "IDENTITY_PREFERENCE",
-    "META_FILE",
     "PROMPT_PREFERENCE",
-    "RunResults",
     "build_report",
     "choose_axes",
     "comparison_markdown",
-    "load_run",
     "pareto_points",
     "report_runs",
     "write_grids",

@@ -23,51 +23,23 @@ that no reward optimises, both computed from the world's pixel-exact ground trut
   right background, position and size as much as the subject.
 * ``gt-pattern`` and ``gt-shape`` -- does the image show the requested pattern / shape?
   Renders of the requested scene with every value of that attribute are compared with the
-  image; see :mod:`cgrpo.evaluation.edit_checks`. With ``gt-colour`` they are the
+  image; see :mod:`cgrpo.evaluation.benchmarks.edit_checks`. With ``gt-colour`` they are the
   ground-truth checks of the three property edits (colour, pattern, shape).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import torch
 
+from cgrpo.evaluation.benchmarks.edit_checks import GroundTruthEdit
+from cgrpo.evaluation.benchmarks.ground_truth import _cache_key, _erode, _resize, _world_and_scene
 from cgrpo.evaluation.harness import EvalItem
 from cgrpo.rewards.base import Reward, ScoreRequest
 
 HELDOUT_METRICS = ("gt-colour", "gt-pattern", "gt-shape", "gt-scene")
-
-
-def _world_and_scene(world: Any, meta: dict[str, Any]):
-    from cgrpo.world.core import Scene
-
-    if "identity" not in meta or "scene" not in meta:
-        raise ValueError(
-            "toybench held-out measures need metadata 'identity' and 'scene' "
-            "(items from cgrpo.evaluation.toybench.toybench_items)"
-        )
-    scene = Scene.from_dict(meta["scene"])
-    return world.identity(meta["identity"]), scene
-
-
-def _cache_key(meta: dict[str, Any]) -> str:
-    # Seeds of one pair share the ground truth; renders are pure functions of these fields.
-    return json.dumps([meta.get("identity"), meta.get("scene")], sort_keys=True)
-
-
-def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """``[3, H, W]`` -> ``[3, size, size]`` (area average; images may differ from the world size)."""
-    if image.shape[-1] == size and image.shape[-2] == size:
-        return image
-    return torch.nn.functional.interpolate(image[None], size=(size, size), mode="area")[0]
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    p = np.pad(mask, 1, constant_values=False)
-    return mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
 
 
 NEUTRALS = {"grey-dark": (64, 64, 64), "grey": (128, 128, 128), "grey-light": (190, 190, 190)}
@@ -172,8 +144,6 @@ def heldout_metric(name: str, world: Any) -> Reward:
     if name == "gt-scene":
         return GroundTruthScene(world)
     if name in ("gt-pattern", "gt-shape"):
-        from cgrpo.evaluation.edit_checks import GroundTruthEdit
-
         return GroundTruthEdit(world, name)
     raise ValueError(
         f"unknown toybench held-out metric {name!r}; choose one of {', '.join(HELDOUT_METRICS)}"
@@ -264,7 +234,8 @@ __all__ = [
 ]
 
 
-if __name__ == "__main__":  # python -m cgrpo.evaluation.toybench: what the gt-* numbers mean
+# python -m cgrpo.evaluation.benchmarks.toybench: what the gt-* numbers mean
+if __name__ == "__main__":
     items, world = toybench_items({})
     table = calibrate(items, world)
     print(f"toybench held-out measures on {len(items)} items (world size {world.size}, seed 0)")

@@ -19,21 +19,20 @@ small generator's samples are blurry and speckled, and a check that reacted to s
 would rank a group's samples by noise (the failure measured in docs/TESTBED.md). The
 minimum over jittered renders forgives the 1-px placement jitter the world itself draws.
 
-With ``gt-colour`` (:mod:`cgrpo.evaluation.toybench`) they cover the three property edits:
-colour, pattern and shape. :func:`check_accuracy` measures how often each check prefers the
-right answer over a wrong one, on clean and degraded renders.
+With ``gt-colour`` (:mod:`cgrpo.evaluation.benchmarks.toybench`) they cover the three property
+edits: colour, pattern and shape. :mod:`cgrpo.evaluation.benchmarks.check_accuracy` measures
+how often each check prefers the right answer over a wrong one, on clean and degraded renders.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Any
 
 import numpy as np
 import torch
 
-from cgrpo.image_io import read_image
+from cgrpo.evaluation.benchmarks.ground_truth import _cache_key, _erode, _resize, _world_and_scene
 from cgrpo.rewards.base import Reward, ScoreRequest
 from cgrpo.rewards.images import gaussian_blur
 
@@ -95,16 +94,12 @@ class GroundTruthEdit(Reward):
 
     def templates(self, meta: dict[str, Any]) -> _Templates:
         """The blurred renders of the requested scene for every value (cached per scene)."""
-        from cgrpo.evaluation.toybench import _cache_key
-
         key = _cache_key(meta)
         if key not in self._cache:
             self._cache[key] = self._templates(meta)
         return self._cache[key]
 
     def _templates(self, meta: dict[str, Any]) -> _Templates:
-        from cgrpo.evaluation.toybench import _erode, _world_and_scene
-
         ident, scene = _world_and_scene(self.world, meta)
         wanted = self.world.attributes(ident, scene)[self.attribute]
         values = self.values()
@@ -132,8 +127,6 @@ class GroundTruthEdit(Reward):
 
     def distances(self, image: torch.Tensor, meta: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """``image`` ``[3, H, W]`` -> (``[V]`` distance to each value, index of the requested)."""
-        from cgrpo.evaluation.toybench import _resize
-
         tpl = self.templates(meta)
         small = _resize(image.float().cpu().clamp(0, 1), self.world.size)
         small = gaussian_blur(small[None], self.blur)[0]
@@ -153,84 +146,8 @@ class GroundTruthEdit(Reward):
         }
 
 
-# --- how good are the checks? -------------------------------------------------------------------
-
-
-def degrade(image: torch.Tensor, kind: str, rng: np.random.Generator) -> torch.Tensor:
-    """A ``[3, S, S]`` render made to look like a small generator's sample.
-
-    ``clean``: unchanged. ``blur``: Gaussian sigma 0.8. ``speckle``: blur 0.6 plus pixel noise
-    of std 24/255 (the generator's speckle, measured in docs/TESTBED.md). ``jpeg``: a JPEG
-    round trip at quality 50.
-    """
-    if kind == "clean":
-        return image
-    if kind == "blur":
-        return gaussian_blur(image[None], 0.8)[0]
-    if kind == "speckle":
-        noise = torch.from_numpy(rng.normal(0, 24 / 255, image.shape)).float()
-        return (gaussian_blur(image[None], 0.6)[0] + noise).clamp(0, 1)
-    if kind == "jpeg":
-        from PIL import Image
-
-        arr = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=50)
-        back = read_image(buf.getvalue(), "JPEG round trip")
-        return torch.from_numpy(back).permute(2, 0, 1)
-    raise ValueError(f"unknown degradation {kind!r}; choose clean, blur, speckle or jpeg")
-
-
-DEGRADATIONS = ("clean", "blur", "speckle", "jpeg")
-
-
-def check_accuracy(
-    check: Reward, world: Any, metadata: list[dict[str, Any]], attribute: str, seed: int = 7
-) -> dict[str, float]:
-    """How often ``check`` scores a render of the requested scene above a render of the same
-    scene with ``attribute`` changed to a random other value, per degradation (both images
-    degraded alike, with jitter seeds the check's own templates do not use)."""
-    from cgrpo.evaluation.toybench import _world_and_scene
-    from cgrpo.world.vocab import ATTRIBUTE_VALUES
-
-    rng = np.random.default_rng(seed)
-    wins = {k: 0 for k in DEGRADATIONS}
-    for i, meta in enumerate(metadata):
-        ident, scene = _world_and_scene(world, meta)
-        wanted = world.attributes(ident, scene)[attribute]
-        other = str(rng.choice([v for v in ATTRIBUTE_VALUES[attribute] if v != wanted]))
-        overrides = {**dict(scene.overrides), attribute: other}
-        wrong = dataclasses.replace(scene, overrides=tuple(overrides.items()))
-        shots = [
-            world.render(ident, s, np.random.default_rng(1000 + i)).image for s in (scene, wrong)
-        ]
-        right_img, wrong_img = (torch.from_numpy(s).permute(2, 0, 1).float() / 255 for s in shots)
-        for kind in DEGRADATIONS:
-            a, b = degrade(right_img, kind, rng), degrade(wrong_img, kind, rng)
-            request = ScoreRequest(torch.stack([a, b]), [scene.prompt] * 2, [a[None]] * 2,
-                                   metadata=[meta, meta])  # fmt: skip
-            scores = check.score(request)[check.columns[0]]
-            wins[kind] += int(scores[0] > scores[1])
-    return {k: v / max(1, len(metadata)) for k, v in wins.items()}
-
-
 __all__ = [
-    "DEGRADATIONS",
     "EDIT_ATTRIBUTES",
     "GroundTruthEdit",
-    "check_accuracy",
-    "degrade",
     "gaussian_blur",
 ]
-
-
-if __name__ == "__main__":  # python -m cgrpo.evaluation.edit_checks: how often each check is right
-    from cgrpo.evaluation.toybench import heldout_metric, toybench_items
-
-    items, world = toybench_items({})
-    metas = [it.metadata for it in items]
-    print(f"right render scored above a wrong one, {len(metas)} toybench items (world seed 0)")
-    print(f"{'check':<12}" + "".join(f"{k:>10}" for k in DEGRADATIONS))
-    for name, attr in (("gt-colour", "palette"), ("gt-pattern", "pattern"), ("gt-shape", "shape")):
-        acc = check_accuracy(heldout_metric(name, world), world, metas, attr)
-        print(f"{name:<12}" + "".join(f"{acc[k]:>10.3f}" for k in DEGRADATIONS))
