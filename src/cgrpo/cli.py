@@ -296,7 +296,7 @@ def _add_evaluation(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_segments(sub: argparse._SubParsersAction) -> None:
-    from cgrpo.evaluation import segment_report
+    from cgrpo.evaluation.output import segment_report
 
     _add_command(
         sub,

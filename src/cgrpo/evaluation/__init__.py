@@ -21,7 +21,7 @@ Layout (the harness at the top, three rooms below it):
   ``tables`` (overall / per-kind / per-subject tables, paired comparisons), ``scales``.
 * :mod:`~cgrpo.evaluation.output` -- report files: ``runs`` (an evaluation folder read
   back), ``report`` (summaries, Pareto plot, grids), ``html`` (report.html), ``plots``,
-  ``screenshot``.
+  ``screenshot``, ``segment_report`` (``cgrpo segments``: what ``dino-seg`` compared).
 
 Library use::
 

@@ -7,4 +7,6 @@
 * :mod:`~cgrpo.evaluation.output.html` -- the static, offline ``report.html``.
 * :mod:`~cgrpo.evaluation.output.plots` -- the Pareto figure and per-subject image grids.
 * :mod:`~cgrpo.evaluation.output.screenshot` -- a PNG of a page with headless Chromium.
+* :mod:`~cgrpo.evaluation.output.segment_report` -- ``cgrpo segments``: what ``dino-seg``
+  compared (masks, cut-outs, an overlay grid), to check by eye.
 """
