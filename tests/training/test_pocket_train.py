@@ -103,3 +103,12 @@ def test_miniature_run_writes_loadable_weights_and_a_report(tmp_path, capsys):
 def test_bad_flags_are_reported_with_their_name(capsys):
     assert main(["--property-fraction", "1.5"]) == 2
     assert "pocket_train.property_fraction = 1.5" in capsys.readouterr().err
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "10% of lr" in out  # a % in a help text once crashed argparse
+    assert "--warmup-steps" in out and "--property-fraction" in out

@@ -305,6 +305,7 @@ def _arg_parser() -> argparse.ArgumentParser:
     )
     hints = typing.get_type_hints(PretrainOptions)
     for key, _tp, default, help_text in describe(PretrainOptions):
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         flag = "--" + key.replace("_", "-")
         tp = hints[key]
         if tp is bool:
