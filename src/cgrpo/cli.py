@@ -173,8 +173,8 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     from cgrpo.config.train import load_config
     from cgrpo.data.base import load_image
+    from cgrpo.evaluation.output.plots import to_pil
     from cgrpo.sampling import generate
-    from cgrpo.training.logging import to_pil
     from cgrpo.training.rundir import check_output_path
     from cgrpo.training.runs import build_policy_from_config, load_run_policy
 

@@ -205,8 +205,8 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch):
 def test_an_hf_dataset_trains(tmp_path):
     """The trainer takes an hf dataset as it takes any other (one step of the pocket model)."""
     from cgrpo.config.train import load_config
+    from cgrpo.evaluation.output.plots import to_pil
     from cgrpo.training import Trainer
-    from cgrpo.training.logging import to_pil
 
     # toy-world items (the default rewards read their prompts), as a hub dataset would hold them
     world = build_dataset("toyworld", {}, "train")

@@ -276,7 +276,7 @@ def before_after_grid(
 
     Items whose prompt asks to change the subject come first (:data:`PROPERTY_KINDS`).
     """
-    from cgrpo.training.logging import group_grid
+    from cgrpo.evaluation.output.plots import group_grid
 
     if before.images is None or after.images is None:
         raise ValueError("before_after_grid needs evaluations run with keep_images=True")

@@ -83,7 +83,7 @@ def format_table(result: dict[str, Any]) -> str:
 def example_grid(sampled: SampledGroups, column: str, shown: list[str], count: int):
     """A PIL grid of the first ``count`` groups, each sorted by ``column`` (highest left),
     every sample labelled with ``column`` and the ``shown`` columns."""
-    from cgrpo.training.logging import group_grid
+    from cgrpo.evaluation.output.plots import group_grid
 
     g = sampled.group_size
     n = min(count, sampled.n_groups)

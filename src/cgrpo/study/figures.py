@@ -141,7 +141,7 @@ def comparison_grid(
     untrained base), read from the runs' saved held-out images."""
     from cgrpo.data.base import load_image
     from cgrpo.evaluation.heldout import load_held_out
-    from cgrpo.training.logging import group_grid
+    from cgrpo.evaluation.output.plots import group_grid
 
     first_dir = next(iter(next(iter(results.run_dirs.values())).values()))
     base = load_held_out(first_dir).before

@@ -16,8 +16,9 @@ from cgrpo.evaluation.heldout import (
     held_out_summary,
     held_out_table,
 )
+from cgrpo.evaluation.output.plots import group_grid
 from cgrpo.policies.base import Policy
-from cgrpo.training.logging import MetricsWriter, group_grid
+from cgrpo.training.logging import MetricsWriter
 from cgrpo.training.scoring import ScoredRewards
 from cgrpo.training.seeds import generator_for
 from cgrpo.training.writes import writing

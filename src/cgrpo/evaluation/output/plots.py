@@ -1,4 +1,8 @@
-"""Figures: the identity-vs-prompt Pareto plot (matplotlib, Agg) and per-subject image grids.
+"""Figures: the identity-vs-prompt Pareto plot (matplotlib, Agg) and image grids.
+
+Image grids: per subject (reference | generations with prompt labels, for reports) and per
+group (:func:`group_grid`: reference | a group's samples with their rewards, for training's
+sample grids, the held-out before/after grid, pre-flight and the study).
 
 Both return objects (a matplotlib ``Figure``, a PIL image) so tests and notebooks can
 inspect them; ``save_*`` helpers write PNGs. Nothing here touches pyplot's global state.
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING
 from cgrpo.evaluation.stats.bootstrap import Estimate
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.figure import Figure
     from PIL import Image
 
@@ -205,11 +210,59 @@ def image_grid(
     return grid
 
 
+def to_pil(image: torch.Tensor, scale: int = 1):
+    """``[3, H, W]`` float in [0, 1] -> PIL image, optionally upscaled (nearest)."""
+    from PIL import Image
+
+    arr = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    pil = Image.fromarray(arr)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    return pil
+
+
+def group_grid(
+    references: Sequence[torch.Tensor],
+    images: torch.Tensor,
+    group_size: int,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    cell: int = 96,
+):
+    """A grid with one row per group: reference | G generations, captions under each cell.
+
+    ``references`` has one ``[3, h, w]`` image per group; ``images`` is ``[n*G, 3, H, W]``;
+    ``labels`` has one caption per generated image (e.g. its reward values).
+    """
+    from PIL import Image, ImageDraw
+
+    n_groups = len(references)
+    text_h = 24
+    width = cell * (group_size + 1)
+    height = n_groups * (cell + text_h + 14)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for g in range(n_groups):
+        y = g * (cell + text_h + 14)
+        draw.text((2, y), prompts[g][: width // 6], fill="black")
+        y += 12
+        canvas.paste(to_pil(references[g]).resize((cell, cell)), (0, y))
+        draw.text((2, y + cell + 1), "reference", fill="black")
+        for j in range(group_size):
+            k = g * group_size + j
+            canvas.paste(to_pil(images[k]).resize((cell, cell)), ((j + 1) * cell, y))
+            for line_no, line in enumerate(labels[k].split("\n")[:2]):
+                draw.text(((j + 1) * cell + 2, y + cell + 1 + 11 * line_no), line, fill="black")
+    return canvas
+
+
 __all__ = [
     "PALETTE",
     "ParetoPoint",
+    "group_grid",
     "image_grid",
     "pareto_figure",
     "pareto_front",
     "save_figure",
+    "to_pil",
 ]
