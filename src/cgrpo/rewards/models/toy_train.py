@@ -37,8 +37,9 @@ from cgrpo.rewards.models.toy import (
     prompt_targets,
     save_weights,
 )
-from cgrpo.world.bench import TEMPLATES, toybench
+from cgrpo.world.bench import toybench
 from cgrpo.world.core import Identity, Scene, SubjectWorld
+from cgrpo.world.templates import TEMPLATES
 from cgrpo.world.vocab import ATTRIBUTE_VALUES, OVERRIDABLE, POSITION_NAMES, SIZE_NAMES
 
 IDENTITY_ATTRS = ("shape", "pattern", "palette")
