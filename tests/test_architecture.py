@@ -29,6 +29,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
 )
 
+# Known upward imports, each with why it is left; the test fails on any other, and on one of
+# these that no longer occurs (so this list only shrinks). docs/ARCHITECTURE.md names them.
+KNOWN_UPWARD = {
+    "cgrpo.evaluation.run -> cgrpo.training.runs": "`cgrpo eval --adapter RUN` loads a trained "
+    "run (adapter_path, build_policy_from_config); removing it means moving the reading of run "
+    "folders (training/runs.py and checkpoint.py's latest_checkpoint / verify_directory) below "
+    "evaluation",
+}
+
 
 def module_name(path: Path, root: Path) -> str:
     """``root/pkg/a/b.py`` -> ``pkg.a.b``; a package's ``__init__.py`` is the package."""
@@ -159,7 +168,10 @@ def test_no_import_circles(graph):
 
 def test_no_import_from_a_lower_layer_to_a_higher_one(graph):
     found = upward_imports(graph)
-    assert found == [], "upward imports:\n" + "\n".join(found)
+    new = [edge for edge in found if edge not in KNOWN_UPWARD]
+    assert new == [], "upward imports:\n" + "\n".join(new)
+    gone = sorted(set(KNOWN_UPWARD) - set(found))
+    assert gone == [], f"no longer imported, remove from KNOWN_UPWARD: {gone}"
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
