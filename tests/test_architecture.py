@@ -218,3 +218,15 @@ def test_the_walker_ignores_type_checking_imports_and_outside_packages(tmp_path)
     g = import_graph(pkg)
     assert g == {"fake": set(), "fake.a": set(), "fake.b": {"fake.a", "fake.c"}, "fake.c": set()}
     assert circles(g) == []
+
+
+def test_the_architecture_page_shows_these_layers_and_the_recipes_registration_lines():
+    page = (SRC.parents[1] / "docs" / "ARCHITECTURE.md").read_text()
+    table = page.split("| layer (low to high) |")[1].split("\n\n")[0].splitlines()[2:]
+    shown = [tuple(cell.strip("` ") for cell in row.split("|")[1].split(",")) for row in table]
+    assert shown == [tuple(n for n in names if n != "cgrpo") for names in LAYERS]
+    for edge in KNOWN_UPWARD:
+        assert all(f"`{m.removeprefix('cgrpo.')}`" in page for m in edge.split(" -> ")), edge
+    for recipe in sorted((SRC.parents[1] / "tests" / "recipes").glob("recipe_*.py")):
+        last = recipe.read_text().strip().splitlines()[-1]
+        assert last in page, f"docs/ARCHITECTURE.md does not show {recipe.name}'s {last!r}"
