@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,29 @@ import numpy as np
 from cgrpo.evaluation.output.plots import PALETTE, save_figure
 from cgrpo.study.analysis import ALL_KINDS, Row, StudyResults
 
-__all__ = ["arm_colours", "comparison_grid", "curves_figure", "pareto_study_figure"]
+__all__ = ["ArmStyle", "arm_styles", "comparison_grid", "curves_figure", "pareto_study_figure"]
 
 
-def arm_colours(arms: Sequence[str]) -> dict[str, str]:
-    return {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(arms)}
+@dataclass(frozen=True)
+class ArmStyle:
+    colour: str
+    marker: str
+    linestyle: str
+
+
+MARKERS = ("o", "s", "^")
+LINESTYLES = ("-", "--", ":")
+
+
+def arm_styles(arms: Sequence[str]) -> dict[str, ArmStyle]:
+    """One distinct look per arm: the palette's colours first, then the same colours again
+    with another marker and line style, so a study with more arms than colours still tells
+    every arm apart."""
+    styles = {}
+    for i, arm in enumerate(arms):
+        cycle = (i // len(PALETTE)) % len(MARKERS)
+        styles[arm] = ArmStyle(PALETTE[i % len(PALETTE)], MARKERS[cycle], LINESTYLES[cycle])
+    return styles
 
 
 def pareto_study_figure(
@@ -33,7 +52,7 @@ def pareto_study_figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    colours = arm_colours(list(results.arms))
+    styles = arm_styles(list(results.arms))
     fig = Figure(figsize=(5.2 * len(kinds), 4.6), dpi=150, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
@@ -48,7 +67,8 @@ def pareto_study_figure(
                 arm.after[x][:, mask].mean(axis=1) - base_x,
                 arm.after[y][:, mask].mean(axis=1) - base_y,
                 s=14,
-                color=colours[name],
+                color=styles[name].colour,
+                marker=styles[name].marker,
                 alpha=0.45,
                 linewidths=0,
             )
@@ -61,8 +81,8 @@ def pareto_study_figure(
                 ey.mean,
                 xerr=[[ex.mean - ex.low], [ex.high - ex.mean]],
                 yerr=[[ey.mean - ey.low], [ey.high - ey.mean]],
-                fmt="o",
-                color=colours[row.arm],
+                fmt=styles[row.arm].marker,
+                color=styles[row.arm].colour,
                 capsize=3,
                 markersize=7,
                 label=f"{row.arm} ({row.seeds} seeds)",
@@ -101,7 +121,7 @@ def curves_figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    colours = arm_colours(list(curves))
+    styles = arm_styles(list(curves))
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig = Figure(figsize=(4.6 * cols, 3.4 * rows), dpi=150, layout="constrained")
@@ -115,10 +135,17 @@ def curves_figure(
             window = max(1, values.shape[1] // 10)
             smooth = _smooth(values, window)
             steps = np.arange(smooth.shape[1]) + window  # the window's last step, 1-based
-            ax.plot(steps, smooth.mean(axis=0), color=colours[arm], label=arm, linewidth=1.4)
+            ax.plot(
+                steps,
+                smooth.mean(axis=0),
+                color=styles[arm].colour,
+                linestyle=styles[arm].linestyle,
+                label=arm,
+                linewidth=1.4,
+            )
             if smooth.shape[0] > 1:
                 ax.fill_between(steps, smooth.min(axis=0), smooth.max(axis=0),
-                                color=colours[arm], alpha=0.15, linewidth=0)  # fmt: skip
+                                color=styles[arm].colour, alpha=0.15, linewidth=0)  # fmt: skip
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training step")
         ax.grid(True, alpha=0.3)
