@@ -17,7 +17,7 @@ more seeds tighten the intervals more than more items do.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,27 +238,37 @@ def change_table(
     This answers "did the arm raise or degrade a reward" (competitive degradation is an arm
     whose change is below 0 for one reward), which the arms' absolute intervals, wide from
     item-to-item spread, cannot."""
+    return _per_arm_rows(
+        results,
+        lambda arm, mask: {m: _change(results, arm, m, mask) for m in results.metrics},
+        resamples,
+        seed,
+    )
+
+
+def _change(results: StudyResults, arm: ArmData, metric: str, mask: np.ndarray) -> np.ndarray:
+    """``after[s, i] - base[i]`` of one arm and metric on the items of ``mask``."""
+    return arm.after[metric][:, mask] - results.base[metric][None, mask]
+
+
+def _per_arm_rows(
+    results: StudyResults,
+    columns: Callable[[ArmData, np.ndarray], dict[str, np.ndarray]],
+    resamples: int,
+    seed: int,
+) -> list[Row]:
+    """Per prompt kind and arm: a row with the hierarchical CI of each ``[S, I]`` matrix
+    that ``columns(arm, mask)`` gives for the items of that kind."""
     rows = []
     for kind in results.kind_names:
         mask = results.kind_mask(kind)
         clusters = np.array(results.clusters)[mask]
         for arm in results.arms.values():
-            rows.append(
-                Row(
-                    arm.name,
-                    kind,
-                    len(arm.seeds),
-                    {
-                        m: hierarchical_bootstrap_ci(
-                            arm.after[m][:, mask] - results.base[m][None, mask],
-                            clusters,
-                            resamples=resamples,
-                            seed=seed,
-                        )
-                        for m in results.metrics
-                    },
-                )
-            )
+            estimates = {
+                name: hierarchical_bootstrap_ci(values, clusters, resamples=resamples, seed=seed)
+                for name, values in columns(arm, mask).items()
+            }
+            rows.append(Row(arm.name, kind, len(arm.seeds), estimates))
     return rows
 
 
@@ -293,29 +303,14 @@ def joint_table(
     Mean changes hide the trade-off a multi-reward method is about: an arm can raise both
     means while half its items trade one reward for the other. Rates are over every
     (seed, item) of the arm, each item's change taken against the base model."""
-    rows = []
-    for kind in results.kind_names:
-        mask = results.kind_mask(kind)
-        clusters = np.array(results.clusters)[mask]
-        for arm in results.arms.values():
-            outcomes = joint_outcomes(
-                arm.after[metric_x][:, mask] - results.base[metric_x][None, mask],
-                arm.after[metric_y][:, mask] - results.base[metric_y][None, mask],
-            )
-            rows.append(
-                Row(
-                    arm.name,
-                    kind,
-                    len(arm.seeds),
-                    {
-                        name: hierarchical_bootstrap_ci(
-                            hits, clusters, resamples=resamples, seed=seed
-                        )
-                        for name, hits in outcomes.items()
-                    },
-                )
-            )
-    return rows
+    return _per_arm_rows(
+        results,
+        lambda arm, mask: joint_outcomes(
+            _change(results, arm, metric_x, mask), _change(results, arm, metric_y, mask)
+        ),
+        resamples,
+        seed,
+    )
 
 
 def training_curves(results: StudyResults, keys: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
